@@ -1,0 +1,74 @@
+"""Posterior-predictive evaluation of weighted particles (or equally weighted samples).
+
+p(y|x) = sum_j W_j p(y|x, theta_j), in log space; test data is streamed in chunks and particles in
+`particle_chunk` groups so memory stays bounded in both.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bnn_bench import metrics
+from bnn_bench.posterior import Posterior
+
+
+@partial(jax.jit, static_argnames=("apply", "categorical", "particle_chunk"))
+def _chunk_outputs(apply, particles, x, *, categorical: bool, particle_chunk: int | None):
+    def one(theta):
+        out = apply(theta, x)
+        return jax.nn.log_softmax(out) if categorical else out[:, 0]
+
+    return jax.lax.map(one, particles, batch_size=particle_chunk)
+
+
+def particle_outputs(
+    posterior: Posterior,
+    particles: jax.Array,
+    x: np.ndarray,
+    *,
+    chunk_size: int = 2000,
+    particle_chunk: int | None = None,
+):
+    """Per-particle log-probs (J, n, K) or regression means (J, n) over x, in data chunks."""
+    categorical = posterior.likelihood == "categorical"
+    outs = [
+        _chunk_outputs(
+            posterior.apply,
+            particles,
+            jnp.asarray(x[i : i + chunk_size]),
+            categorical=categorical,
+            particle_chunk=particle_chunk,
+        )
+        for i in range(0, len(x), chunk_size)
+    ]
+    return jnp.concatenate(outs, axis=1)
+
+
+def evaluate(
+    posterior: Posterior,
+    particles: jax.Array,
+    log_weights: jax.Array,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    chunk_size: int = 2000,
+    particle_chunk: int | None = None,
+    num_bins: int = 15,
+) -> dict[str, float]:
+    """Test metrics of the weighted predictive: accuracy/nll/ece/brier, or rmse/nll (regression)."""
+    if posterior.likelihood == "categorical":
+        logp = []
+        for i in range(0, len(x), chunk_size):
+            per_particle = particle_outputs(
+                posterior, particles, x[i : i + chunk_size], particle_chunk=particle_chunk
+            )
+            logp.append(metrics.predictive_log_probs(per_particle, log_weights))
+        return metrics.classification_metrics(
+            jnp.concatenate(logp), jnp.asarray(y), num_bins=num_bins
+        )
+    means = particle_outputs(posterior, particles, x, chunk_size=chunk_size)
+    return metrics.regression_metrics(means, log_weights, jnp.asarray(y), posterior.noise_std)
