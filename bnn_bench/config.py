@@ -21,7 +21,7 @@ class MethodConfig:
 @dataclass
 class SMCSettings:
     num_particles: int = 64
-    num_iterations: int = 100
+    num_iterations: int = 1000
     resample_threshold: float = 0.5
     resampler: str = "systematic"
     weights: str = "energy"
@@ -58,7 +58,7 @@ class DatasetConfig:
 @dataclass
 class ModelConfig:
     name: str = "mlp"
-    hidden: list[int] = field(default_factory=lambda: [64])
+    hidden: list[int] = field(default_factory=lambda: [32])
 
 
 @dataclass
@@ -69,7 +69,7 @@ class LikelihoodConfig:
 
 @dataclass
 class PriorConfig:
-    std: float = 1.0
+    std: float = 3.0
     scale: str = "fan_in"
 
 

@@ -116,7 +116,7 @@ def make_log_target(posterior: Posterior, num_data: int) -> Callable:
 
 
 def _prior_std_tree(params, prior_std: float, prior_scale: str):
-    """Per-leaf prior std: constant, or std / sqrt(fan_in) for every leaf of a layer with a kernel."""
+    """Per-leaf prior std: constant, or std / sqrt(fan_in) for each leaf of a kernel layer."""
     if prior_scale == "none":
         return jax.tree.map(lambda p: jnp.full_like(p, prior_std), params)
 
@@ -124,7 +124,9 @@ def _prior_std_tree(params, prior_std: float, prior_scale: str):
         if isinstance(layer, dict) and "kernel" in layer:
             fan_in = math.prod(layer["kernel"].shape[:-1])
             s = prior_std / math.sqrt(fan_in)
-            return {k: jax.tree.map(lambda p, s=s: jnp.full_like(p, s), v) for k, v in layer.items()}
+            return {
+                k: jax.tree.map(lambda p, s=s: jnp.full_like(p, s), v) for k, v in layer.items()
+            }
         if isinstance(layer, dict):
             return {k: scale_layer(v) for k, v in layer.items()}
         return jnp.full_like(layer, prior_std)

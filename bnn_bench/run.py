@@ -1,4 +1,4 @@
-"""The one entrypoint: compose config -> load data -> build model/posterior -> infer -> evaluate -> report.
+"""The one entrypoint: compose config -> data -> model/posterior -> infer -> evaluate -> report.
 
 `main()` first composes and validates every job's config (each job of a multirun too), so that bad
 input is answered with one line and exit code 2 before Hydra creates any output directory.
@@ -23,7 +23,11 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 # A wheel carries conf/ as bnn_bench/conf (pyproject's package-dir); a source checkout or an
 # editable install finds it beside the package.
 CONFIG_DIR = next(
-    (str(d) for d in (_PACKAGE_DIR / "conf", _PACKAGE_DIR.parent / "conf") if (d / "config.yaml").exists()),
+    (
+        str(d)
+        for d in (_PACKAGE_DIR / "conf", _PACKAGE_DIR.parent / "conf")
+        if (d / "config.yaml").exists()
+    ),
     str(_PACKAGE_DIR / "conf"),
 )
 EXIT_USAGE = 2
@@ -62,10 +66,12 @@ def hydra_error_line(exc: BaseException) -> str:
     cause = exc.__cause__
     if cause is not None and str(cause).strip():
         cause_lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
-        key = next((ln.split(":", 1)[1].strip() for ln in cause_lines if ln.startswith("full_key")), "")
+        key = next(
+            (ln.split(":", 1)[1].strip() for ln in cause_lines if ln.startswith("full_key")), ""
+        )
         what = cause_lines[0]
         if "not in struct" in what:
-            return f"{key or lines[0]}: unknown key (check the spelling; `bnn-bench --help` lists them)"
+            return f"{key or lines[0]}: unknown key (`bnn-bench --help` lists the keys)"
         return f"{key}: {what}" if key and key not in what else what
     return lines[0] if lines else type(exc).__name__
 

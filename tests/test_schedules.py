@@ -70,8 +70,14 @@ def count_compiles(schedule: str, num_iterations: int) -> int:
     state = sampler.init(jax.random.key(0), post.prior_std, post.log_prior, 4)
     before = sampler.step._cache_size()
     loop.run(
-        jax.random.key(1), state, x, y, sz, log_target=lt,
-        config=sampler.SMCConfig(Proposal(1, 1e-3)), bucket_sizes=bucket_sizes,
+        jax.random.key(1),
+        state,
+        x,
+        y,
+        sz,
+        log_target=lt,
+        config=sampler.SMCConfig(Proposal(1, 1e-3)),
+        bucket_sizes=bucket_sizes,
     )
     return sampler.step._cache_size() - before
 

@@ -60,7 +60,9 @@ def test_minibatch_ctr_ends_near_the_posterior():
     # Constant-to-refine: 150 minibatch iterations (C = 50 of N = 300) then 50 full-batch ones.
     x, y, mean, sd = linear_regression()
     post = blr_posterior(x)
-    sizes = schedules.batch_sizes("ctr", num_data=300, num_iterations=200, batch_size=50, refine_at=0.75)
+    sizes = schedules.batch_sizes(
+        "ctr", num_data=300, num_iterations=200, batch_size=50, refine_at=0.75
+    )
     config = sampler.SMCConfig(Proposal(3, 0.01))
     state, _ = run_sampler(
         post, x, y, sizes, config=config, num_particles=512, bucket_sizes=schedules.buckets(300, 50)
@@ -81,7 +83,9 @@ def test_minibatch_ctr_ends_near_the_posterior():
     ],
 )
 def test_ess_of_known_weights(log_weights, expected):
-    assert float(sampler.ess(jnp.asarray(log_weights, jnp.float32))) == pytest.approx(expected, rel=1e-4)
+    assert float(sampler.ess(jnp.asarray(log_weights, jnp.float32))) == pytest.approx(
+        expected, rel=1e-4
+    )
 
 
 @pytest.mark.parametrize("resampler", list(sampler.RESAMPLERS))
@@ -115,7 +119,13 @@ def test_divergent_particles_get_zero_weight():
     config = sampler.SMCConfig(Proposal(3, 0.001), resample_threshold=0.0)
     n = jnp.asarray(len(x))
     new, info = sampler.step(
-        jax.random.key(1), state, jnp.asarray(x), jnp.asarray(y), n, log_target=lt, config=config,
+        jax.random.key(1),
+        state,
+        jnp.asarray(x),
+        jnp.asarray(y),
+        n,
+        log_target=lt,
+        config=config,
         bucket=len(x),
     )
     assert int(info.divergent) == 1

@@ -1,4 +1,4 @@
-"""Flax models and a name registry: `build_model(name, ...)` returns a module and its input layout."""
+"""Flax models and a name registry: `build_model(name, ...)` returns a module; layouts per name."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class Linear(nn.Module):
 
 
 class MLP(nn.Module):
-    """Fully connected network with tanh hidden layers (smooth, so HMC gradients stay well behaved)."""
+    """Fully connected network with tanh hidden layers (smooth, so HMC gradients behave)."""
 
     hidden: Sequence[int]
     num_outputs: int
@@ -36,7 +36,7 @@ class MLP(nn.Module):
 
 
 class LeNet5(nn.Module):
-    """LeNet-5 (61,706 parameters on 28x28x1): conv6 5x5 same, pool, conv16 5x5 valid, pool, 120-84."""
+    """LeNet-5 (61,706 parameters on 28x28x1): conv6 5x5 same, pool, conv16 5x5, pool, 120-84."""
 
     num_outputs: int = 10
 
@@ -53,7 +53,7 @@ class LeNet5(nn.Module):
 
 
 class CNN(nn.Module):
-    """The SMC paper's FashionMNIST CNN (96,658 parameters on 28x28x1): conv8-pool-conv16-pool-120."""
+    """The SMC paper's FashionMNIST CNN (96,658 parameters on 28x28x1): conv8, conv16, dense 120."""
 
     num_outputs: int = 10
 
@@ -78,7 +78,9 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "linear": ModelSpec(lambda num_outputs, **_: Linear(num_outputs), "flat"),
-    "mlp": ModelSpec(lambda num_outputs, hidden=(64,), **_: MLP(tuple(hidden), num_outputs), "flat"),
+    "mlp": ModelSpec(
+        lambda num_outputs, hidden=(64,), **_: MLP(tuple(hidden), num_outputs), "flat"
+    ),
     "lenet5": ModelSpec(lambda num_outputs, **_: LeNet5(num_outputs), "image"),
     "cnn": ModelSpec(lambda num_outputs, **_: CNN(num_outputs), "image"),
 }

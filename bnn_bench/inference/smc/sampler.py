@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from blackjax.smc import resampling as bj_resampling
 
 from bnn_bench.inference.smc.proposals import Proposal, leapfrog_move
+from bnn_bench.metrics import ess
 
 RESAMPLERS: dict[str, Callable] = {
     "systematic": bj_resampling.systematic,
@@ -63,13 +64,6 @@ def init(rng_key: jax.Array, prior_std: jax.Array, log_prior: Callable, num_part
         log_weights=jnp.zeros(num_particles, particles.dtype),
         log_target=jax.vmap(log_prior)(particles),
     )
-
-
-def ess(log_weights: jax.Array) -> jax.Array:
-    """Effective sample size 1 / sum W_j^2 of normalised weights (0 when all are -inf)."""
-    w = jax.nn.softmax(log_weights)
-    value = 1.0 / jnp.sum(w**2)
-    return jnp.where(jnp.all(jnp.isneginf(log_weights)), 0.0, value)
 
 
 def select_batch(rng_key: jax.Array, num_data: int, bucket: int, batch_size: jax.Array):
