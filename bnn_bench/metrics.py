@@ -1,7 +1,10 @@
 """Predictive metrics from (weighted) per-particle predictions: accuracy, NLL, ECE, Brier, RMSE.
 
-ECE is top-label, with `num_bins` equal-width confidence bins on [0, 1] and the L1 norm:
-sum over bins of (fraction of examples in the bin) * |accuracy - mean confidence|.
+Particles carry unnormalised log-weights; a weight of -inf marks a dropped particle, which is
+ignored everywhere (even if its predictions are NaN). ECE is top-label, with `num_bins`
+equal-width confidence bins on [0, 1] and the L1 norm: sum over bins of (fraction of examples in
+the bin) * |accuracy - mean confidence|. A confidence on an inner edge goes to the upper bin and a
+confidence of 1 to the last bin: bin = min(floor(conf * num_bins), num_bins - 1).
 """
 
 from __future__ import annotations
@@ -9,81 +12,107 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import Array
 from jax.scipy.special import logsumexp
 
 
-def normalise_log_weights(log_weights: jax.Array) -> jax.Array:
-    """log W_j = log w_j - logsumexp(log w); -inf entries stay -inf."""
-    return log_weights - logsumexp(log_weights)
+def normalise_log_weights(log_weights: Array) -> Array:
+    """log W_j = log w_j - logsumexp(log w), so weights sum to one; -inf entries stay -inf.
+
+    Shifts by the max first (log-softmax), so large equal offsets cancel exactly.
+    """
+    return jax.nn.log_softmax(jnp.asarray(log_weights))
 
 
-def predictive_log_probs(log_probs: jax.Array, log_weights: jax.Array) -> jax.Array:
-    """log sum_j W_j p_j(y|x) from per-particle log-probs (J, n, K) and log-weights (J,)."""
-    log_w = normalise_log_weights(log_weights)
-    return logsumexp(log_probs + log_w[:, None, None], axis=0)
+def predictive_log_probs(log_probs: Array, log_weights: Array) -> Array:
+    """log sum_j W_j p_j(y|x), (n, K), from per-particle log-probs (J, n, K) and log-weights (J,).
+
+    Computed in log space so that large or tiny weights neither overflow nor underflow.
+    """
+    log_w = normalise_log_weights(log_weights)[:, None, None]
+    terms = jnp.where(jnp.isneginf(log_w), -jnp.inf, jnp.asarray(log_probs) + log_w)
+    return logsumexp(terms, axis=0)
 
 
-def ess(log_weights: jax.Array) -> jax.Array:
-    """Effective sample size 1 / sum_j W_j^2 (0 when every weight is zero)."""
-    w = jax.nn.softmax(log_weights)
-    return jnp.where(jnp.all(jnp.isneginf(log_weights)), 0.0, 1.0 / jnp.sum(w**2))
+def ess(log_weights: Array) -> Array:
+    """Effective sample size 1 / sum_j W_j^2, to decide when to resample; 0 if all are -inf."""
+    log_weights = jnp.asarray(log_weights)
+    dead = jnp.all(jnp.isneginf(log_weights))
+    safe = jnp.where(dead, jnp.zeros_like(log_weights), log_weights)  # keeps the NaN out
+    # 1 / sum W^2 = (sum w)^2 / sum w^2, with w scaled so that its largest entry is 1.
+    w = jnp.exp(safe - jnp.max(safe))
+    value = jnp.sum(w) ** 2 / jnp.sum(w**2)
+    return jnp.where(dead, jnp.zeros_like(value), value)
 
 
-def reliability_bins(log_probs: jax.Array, labels: jax.Array, num_bins: int = 15) -> dict:
-    """Per-bin count, accuracy and mean confidence of the top label (NaN for empty bins)."""
-    probs = np.exp(np.asarray(log_probs, np.float64))
-    labels = np.asarray(labels)
-    conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
-    bins = np.minimum((conf * num_bins).astype(np.int64), num_bins - 1)
-    count = np.bincount(bins, minlength=num_bins).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        acc = np.bincount(bins, weights=correct, minlength=num_bins) / count
-        mean_conf = np.bincount(bins, weights=conf, minlength=num_bins) / count
+def confidence_bins(confidences: Array, num_bins: int = 15) -> Array:
+    """Bin index min(floor(conf * num_bins), num_bins - 1) of each confidence in [0, 1]."""
+    idx = jnp.floor(jnp.asarray(confidences) * num_bins).astype(jnp.int32)
+    return jnp.clip(idx, 0, num_bins - 1)
+
+
+def reliability_bins(log_probs: Array, labels: Array, num_bins: int = 15) -> dict[str, np.ndarray]:
+    """Per-bin count, accuracy and mean top-label confidence, for ECE and reliability diagrams.
+
+    Returns numpy arrays `bin_lower`, `bin_upper`, `count`, `accuracy`, `confidence` (the last
+    two NaN for empty bins).
+    """
+    probs = jnp.exp(jnp.asarray(log_probs))
+    conf = jnp.max(probs, axis=1)
+    correct = (jnp.argmax(probs, axis=1) == jnp.asarray(labels)).astype(probs.dtype)
+    bins = confidence_bins(conf, num_bins)
+    count = np.asarray(jnp.bincount(bins, length=num_bins), np.float64)
+    hits = np.asarray(jnp.bincount(bins, weights=correct, length=num_bins), np.float64)
+    conf_sum = np.asarray(jnp.bincount(bins, weights=conf, length=num_bins), np.float64)
+    nonempty = count > 0
+    safe_count = np.where(nonempty, count, 1.0)
     edges = np.linspace(0.0, 1.0, num_bins + 1)
     return {
         "bin_lower": edges[:-1],
         "bin_upper": edges[1:],
         "count": count,
-        "accuracy": acc,
-        "confidence": mean_conf,
+        "accuracy": np.where(nonempty, hits / safe_count, np.nan),
+        "confidence": np.where(nonempty, conf_sum / safe_count, np.nan),
     }
 
 
-def expected_calibration_error(bins: dict) -> float:
-    """L1 ECE from `reliability_bins`: sum_b (n_b / n) |acc_b - conf_b|."""
+def expected_calibration_error(bins: dict[str, np.ndarray]) -> float:
+    """L1 ECE from `reliability_bins`: sum_b (n_b / n) |acc_b - conf_b|, empty bins count 0."""
     count = bins["count"]
     gap = np.where(count > 0, np.abs(bins["accuracy"] - bins["confidence"]), 0.0)
-    return float(np.sum(count / count.sum() * np.nan_to_num(gap)))
+    return float(np.sum(count / count.sum() * gap))
 
 
-def classification_metrics(
-    log_probs: jax.Array, labels: jax.Array, num_bins: int = 15
-) -> dict[str, float]:
-    """accuracy, nll, ece and brier of predictive log-probs (n, K) against integer labels."""
-    log_probs = np.asarray(log_probs, np.float64)
-    labels = np.asarray(labels).astype(np.int64)
-    probs = np.exp(log_probs)
-    onehot = np.eye(probs.shape[1])[labels]
+def classification_metrics(log_probs: Array, labels: Array, num_bins: int = 15) -> dict[str, float]:
+    """accuracy, nll, brier and ece of predictive log-probs (n, K) against integer labels (n,)."""
+    log_probs = jnp.asarray(log_probs)
+    labels = jnp.asarray(labels).astype(jnp.int32)
+    probs = jnp.exp(log_probs)
+    log_p_true = jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
+    onehot = jax.nn.one_hot(labels, log_probs.shape[1], dtype=probs.dtype)
     return {
-        "accuracy": float(np.mean(probs.argmax(axis=1) == labels)),
-        "nll": float(-np.mean(log_probs[np.arange(len(labels)), labels])),
+        "accuracy": float(jnp.mean(jnp.argmax(log_probs, axis=1) == labels)),
+        "nll": float(-jnp.mean(log_p_true)),
+        "brier": float(jnp.mean(jnp.sum((probs - onehot) ** 2, axis=1))),
         "ece": expected_calibration_error(reliability_bins(log_probs, labels, num_bins)),
-        "brier": float(np.mean(np.sum((probs - onehot) ** 2, axis=1))),
     }
 
 
 def regression_metrics(
-    means: jax.Array, log_weights: jax.Array, targets: jax.Array, noise_std: float
+    means: Array, log_weights: Array, targets: Array, noise_std: float
 ) -> dict[str, float]:
-    """RMSE of the weighted predictive mean and NLL of the mixture sum_j W_j N(y; mu_j, s^2)."""
-    log_w = np.asarray(normalise_log_weights(jnp.asarray(log_weights)), np.float64)
-    means = np.asarray(means, np.float64)
-    y = np.asarray(targets, np.float64)
-    w = np.exp(log_w)
-    pred = np.sum(w[:, None] * means, axis=0)
-    log_norm = -0.5 * np.log(2 * np.pi * noise_std**2)
-    log_pdf = log_norm - 0.5 * ((y[None, :] - means) / noise_std) ** 2
-    finite = np.isfinite(log_w)
-    mix = np.asarray(logsumexp(jnp.asarray(log_pdf[finite] + log_w[finite, None]), axis=0))
-    return {"rmse": float(np.sqrt(np.mean((pred - y) ** 2))), "nll": float(-np.mean(mix))}
+    """RMSE of the weighted predictive mean and NLL of the mixture sum_j W_j N(y; mu_j, s^2).
+
+    `means` is (J, n), the per-particle mean f(x; theta_j); `targets` is (n,).
+    """
+    log_w = normalise_log_weights(log_weights)[:, None]
+    dropped = jnp.isneginf(log_w)
+    means = jnp.where(dropped, 0.0, jnp.asarray(means))  # dropped particles may hold NaN
+    y = jnp.asarray(targets)[None, :]
+    pred = jnp.sum(jnp.exp(log_w) * means, axis=0)
+    log_pdf = -0.5 * jnp.log(2 * jnp.pi * noise_std**2) - 0.5 * ((y - means) / noise_std) ** 2
+    log_mix = logsumexp(jnp.where(dropped, -jnp.inf, log_pdf + log_w), axis=0)
+    return {
+        "rmse": float(jnp.sqrt(jnp.mean((pred - y[0]) ** 2))),
+        "nll": float(-jnp.mean(log_mix)),
+    }

@@ -1,22 +1,34 @@
 """Datasets as plain numpy arrays: train/test split, normalised, in a flat or image layout.
 
-Every dataset is loaded with a fixed split (seed 0), so different run seeds see the same data;
-the run seed drives only inference.
+Randomness: train/test splits (digits, npz without x_test) and the n_train/n_test subsets use a
+fixed generator (SPLIT_SEED = 0), so every run seed sees the same data and the run seed drives
+only inference. The one exception is synthetic_regression, whose generating process (weights,
+inputs, noise) is drawn from `seed`, so each seed is its own linear-regression problem.
+
+Normalisation: images (digits, mnist, fashion_mnist, npz with x of 3 or more dims) are scaled
+by one scalar mean and std from the training pixels, so the image structure is kept; tabular npz
+inputs (n, d) are standardised per feature with the training mean and std (std floored at 1e-8).
+Targets are left as given (regression y is not standardised), and synthetic_regression is not
+normalised at all, so its closed-form posterior stays exact.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
+from numbers import Integral, Real
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from bnn_bench.data.idx import read_idx
 from bnn_bench.errors import ConfigError, DataError
 
-DATASETS = ("digits", "fashion_mnist", "mnist", "npz", "synthetic_regression")
+DATASETS: tuple[str, ...] = ("digits", "fashion_mnist", "mnist", "npz", "synthetic_regression")
 LAYOUTS = ("flat", "image")
+TASKS = ("classification", "regression")
 SPLIT_SEED = 0
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = {
@@ -25,11 +37,27 @@ IDX_FILES = {
     "x_test": "t10k-images-idx3-ubyte",
     "y_test": "t10k-labels-idx1-ubyte",
 }
+TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+# Extra keyword options each dataset accepts; `task` is accepted everywhere so that a config
+# can state it, but only npz lets it choose (elsewhere it must agree with the dataset).
+OPTIONS = {
+    "digits": ("task",),
+    "fashion_mnist": ("task",),
+    "mnist": ("task",),
+    "npz": ("task",),
+    "synthetic_regression": ("task", "dim", "noise_std"),
+}
+FIXED_TASKS = {
+    "digits": "classification",
+    "fashion_mnist": "classification",
+    "mnist": "classification",
+    "synthetic_regression": "regression",
+}
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and test arrays: x float32, y int32 labels or float32 targets."""
+    """Train and test arrays: x float32, y int32 labels or float32 targets of shape (n,)."""
 
     name: str
     x_train: np.ndarray
@@ -41,10 +69,12 @@ class Dataset:
 
     @property
     def n_train(self) -> int:
+        """Number of training examples."""
         return len(self.x_train)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input: (d,) in the flat layout, (H, W, C) in the image layout."""
         return tuple(self.x_train.shape[1:])
 
 
@@ -58,19 +88,24 @@ def load_dataset(
     n_test: int | None = None,
     test_fraction: float = 0.2,
     seed: int = 0,
-    task: str | None = None,
-    dim: int = 5,
-    noise_std: float = 0.5,
+    **options: Any,
 ) -> Dataset:
-    """Load dataset `name` in `layout` ("flat" (n, d) or "image" (n, H, W, C))."""
+    """Load dataset `name` in `layout` ("flat": (n, d); "image": (n, H, W, C))."""
     if name not in DATASETS:
         raise ConfigError(f"dataset={name} is not a dataset; choose one of: {', '.join(DATASETS)}")
     if layout not in LAYOUTS:
-        raise ConfigError(f"layout={layout} is not allowed; choose one of: {', '.join(LAYOUTS)}")
+        raise ConfigError(
+            f"dataset.layout={layout} is not allowed; choose one of: {', '.join(LAYOUTS)}"
+        )
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, Real):
+        raise ConfigError(f"dataset.test_fraction={test_fraction!r} must be a number in (0, 1)")
     if not 0 < test_fraction < 1:
         raise ConfigError(
             f"dataset.test_fraction={test_fraction} is not allowed; it must be in (0, 1)"
         )
+    _check_count("n_train", n_train)
+    _check_count("n_test", n_test)
+    task = _check_options(name, options)
     if name == "digits":
         data = _digits(test_fraction)
     elif name in ("fashion_mnist", "mnist"):
@@ -78,43 +113,90 @@ def load_dataset(
     elif name == "npz":
         data = _npz(path, test_fraction, task)
     else:
-        data = _synthetic_regression(n_train or 300, n_test or 100, dim, noise_std, seed)
-    data = _subset(data, n_train, n_test)
+        data = _synthetic_regression(
+            300 if n_train is None else n_train,
+            100 if n_test is None else n_test,
+            options.get("dim", 5),
+            options.get("noise_std", 0.5),
+            seed,
+        )
+    if name != "synthetic_regression":  # there n_train/n_test are the generated sizes
+        data = _subset(data, n_train, n_test)
     return _layout(data, layout)
 
 
-# --- layouts and subsets -------------------------------------------------------------------------
+# --- argument checks -----------------------------------------------------------------------------
+
+
+def _check_count(key: str, n: int | None) -> None:
+    if n is None:
+        return
+    if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
+        raise ConfigError(f"dataset.{key}={n!r} is not allowed; use an integer >= 1 or null")
+
+
+def _check_options(name: str, options: dict[str, Any]) -> str | None:
+    """Refuse options `name` does not take; return the requested task (None: infer it)."""
+    allowed = OPTIONS[name]
+    for key in options:
+        if key not in allowed:
+            raise ConfigError(
+                f"dataset.{key} is not an option of dataset={name}; its options are: "
+                f"{', '.join(allowed)}"
+            )
+    task = options.get("task")
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"dataset.task={task} is not allowed; choose one of: {', '.join(TASKS)}")
+    fixed = FIXED_TASKS.get(name)
+    if task is not None and fixed is not None and task != fixed:
+        raise ConfigError(
+            f"dataset.task={task} is not allowed for dataset={name}, which is a {fixed} dataset; "
+            f"use dataset.task={fixed} or null"
+        )
+    return task
+
+
+# --- layouts, splits, subsets and normalisation --------------------------------------------------
 
 
 def _layout(d: Dataset, layout: str) -> Dataset:
-    def shape(x):
+    """Reshape x to (n, d) or (n, H, W, C); make every array contiguous float32 / int32."""
+
+    def shape(x: np.ndarray) -> np.ndarray:
         if layout == "flat":
-            return np.ascontiguousarray(x.reshape(len(x), -1), np.float32)
-        if x.ndim == 2:
-            side = int(round(np.sqrt(x.shape[1])))
-            if side * side != x.shape[1]:
-                raise ConfigError(
-                    f"dataset={d.name} has flat inputs of size {x.shape[1]}, which is not a square "
-                    "image; use a model with a flat layout (linear, mlp)"
-                )
-            x = x.reshape(len(x), side, side, 1)
+            x = x.reshape(len(x), -1)
+        elif x.ndim == 2:
+            raise ConfigError(
+                f"dataset.layout=image needs image inputs but dataset={d.name} has flat inputs "
+                f"of shape {x.shape[1:]}; use a model with a flat layout (linear, mlp)"
+            )
         elif x.ndim == 3:
-            x = x[..., None]
+            x = x[..., None]  # one channel, last
         return np.ascontiguousarray(x, np.float32)
 
+    ydtype = np.int32 if d.task == "classification" else np.float32
     return Dataset(
-        d.name, shape(d.x_train), d.y_train, shape(d.x_test), d.y_test, d.task, d.num_classes
+        d.name,
+        shape(d.x_train),
+        np.ascontiguousarray(d.y_train, ydtype),
+        shape(d.x_test),
+        np.ascontiguousarray(d.y_test, ydtype),
+        d.task,
+        d.num_classes,
     )
 
 
 def _subset(d: Dataset, n_train: int | None, n_test: int | None) -> Dataset:
+    """The first n examples of a fixed (SPLIT_SEED) shuffle, kept in their original order."""
+
     def take(x, y, n, key):
-        if n is None or d.name == "synthetic_regression":
+        if n is None:
             return x, y
-        if not 1 <= n <= len(x):
+        if n > len(x):
+            part = "training" if key == "n_train" else "test"
             raise ConfigError(
-                f"dataset.{key}={n} is not allowed; dataset={d.name} has {len(x)} "
-                f"{key[2:]} examples (use 1..{len(x)} or null)"
+                f"dataset.{key}={n} is not allowed; dataset={d.name} has {len(x)} {part} "
+                f"examples (use 1..{len(x)} or null)"
             )
         idx = np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(x))[:n])
         return x[idx], y[idx]
@@ -124,20 +206,38 @@ def _subset(d: Dataset, n_train: int | None, n_test: int | None) -> Dataset:
     return Dataset(d.name, xtr, ytr, xte, yte, d.task, d.num_classes)
 
 
-def _split(x, y, test_fraction):
-    perm = np.random.default_rng(SPLIT_SEED).permutation(len(x))
+def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, source: str):
+    """A fixed (SPLIT_SEED) random train/test split; `source` names the data in errors."""
     n_test = max(1, int(round(test_fraction * len(x))))
+    if len(x) - n_test < 1:
+        raise ConfigError(
+            f"dataset.test_fraction={test_fraction} leaves no training examples from the "
+            f"{len(x)} of {source}; use a smaller fraction or give x_test and y_test"
+        )
+    perm = np.random.default_rng(SPLIT_SEED).permutation(len(x))
     te, tr = perm[:n_test], perm[n_test:]
     return x[tr], y[tr], x[te], y[te]
 
 
-def _standardise_global(x_train, x_test):
-    """One scalar mean/std from the training pixels, so images keep their structure."""
-    mean, std = x_train.mean(), max(float(x_train.std()), 1e-8)
+def _standardise_global(x_train: np.ndarray, x_test: np.ndarray):
+    """One scalar mean/std from the training values, so images keep their structure."""
+    mean = x_train.mean(dtype=np.float64)
+    std = max(float(x_train.std(dtype=np.float64)), 1e-8)
+    scale = np.float32(1.0 / std)
+    return (
+        ((x_train - np.float32(mean)) * scale).astype(np.float32),
+        ((x_test - np.float32(mean)) * scale).astype(np.float32),
+    )
+
+
+def _standardise_features(x_train: np.ndarray, x_test: np.ndarray):
+    """Per-feature standardisation of (n, d) inputs with the training mean and std."""
+    x_train, x_test = x_train.astype(np.float64), x_test.astype(np.float64)
+    mean, std = x_train.mean(axis=0), np.maximum(x_train.std(axis=0), 1e-8)
     return ((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)
 
 
-# --- the datasets --------------------------------------------------------------------------------
+# --- digits --------------------------------------------------------------------------------------
 
 
 def _digits(test_fraction: float) -> Dataset:
@@ -145,23 +245,12 @@ def _digits(test_fraction: float) -> Dataset:
 
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).reshape(-1, 8, 8).astype(np.float32)
-    xtr, ytr, xte, yte = _split(x, y.astype(np.int32), test_fraction)
+    xtr, ytr, xte, yte = _split(x, y.astype(np.int32), test_fraction, "digits")
     xtr, xte = _standardise_global(xtr, xte)
     return Dataset("digits", xtr, ytr, xte, yte, "classification", 10)
 
 
-def idx_search_dirs(name: str, root: str | None) -> list[Path]:
-    """Where the IDX files of `name` are looked for, in order."""
-    dirs = []
-    if root:
-        dirs.append(Path(root).expanduser())
-    env = os.environ.get("BNN_BENCH_DATA")
-    if env:
-        dirs += [Path(env) / name, Path(env)]
-    if name == "fashion_mnist":
-        dirs.append(DEBIAN_FASHION_MNIST)
-    dirs.append(_cache_dir(name))
-    return dirs
+# --- mnist, fashion_mnist (IDX files) ------------------------------------------------------------
 
 
 def _cache_dir(name: str) -> Path:
@@ -169,7 +258,28 @@ def _cache_dir(name: str) -> Path:
     return Path(base) / "bnn_bench" / name
 
 
+def idx_search_dirs(name: str, root: str | None = None) -> list[Path]:
+    """Directories searched, in order, for the four IDX files of mnist or fashion_mnist."""
+    dirs = []
+    if root:
+        dirs.append(Path(root).expanduser())
+    env = os.environ.get("BNN_BENCH_DATA")
+    if env:
+        dirs += [Path(env).expanduser(), Path(env).expanduser() / name]
+    if name == "fashion_mnist":
+        dirs.append(DEBIAN_FASHION_MNIST)
+    cache = _cache_dir(name)
+    # <cache>/<Class>/raw is where an earlier torchvision download wrote the files.
+    dirs += [cache, cache / TORCHVISION_CLASSES[name] / "raw"]
+    unique: list[Path] = []
+    for d in dirs:
+        if d not in unique:
+            unique.append(d)
+    return unique
+
+
 def _find_idx(directory: Path) -> dict[str, Path] | None:
+    """The four IDX files in `directory` (each raw or .gz), or None if any is missing."""
     found = {}
     for key, stem in IDX_FILES.items():
         for candidate in (directory / stem, directory / f"{stem}.gz"):
@@ -181,44 +291,89 @@ def _find_idx(directory: Path) -> dict[str, Path] | None:
     return found
 
 
-def _download(name: str) -> dict[str, Path] | None:
-    """Fetch the IDX files with torchvision into the user cache; None when that is impossible."""
+def _download(name: str) -> tuple[dict[str, Path] | None, str]:
+    """Fetch the IDX files with torchvision into the user cache: (files or None, what happened)."""
     try:
         import torchvision.datasets as tvd
     except Exception:
-        return None
+        return None, "torchvision is not installed, so no download was tried"
     cache = _cache_dir(name)
-    cls = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[name]
+    cls = TORCHVISION_CLASSES[name]
     try:
-        getattr(tvd, cls)(root=str(cache), train=True, download=True)
-        getattr(tvd, cls)(root=str(cache), train=False, download=True)
-    except Exception:
-        return None
-    return _find_idx(cache / cls / "raw")
+        for train in (True, False):
+            getattr(tvd, cls)(root=str(cache), train=train, download=True)
+    except Exception as exc:
+        reason = (str(exc).splitlines() or [""])[0][:200]
+        return (
+            None,
+            f"the torchvision download into {cache} failed ({type(exc).__name__}: {reason})",
+        )
+    raw = cache / cls / "raw"
+    files = _find_idx(raw)
+    return files, "" if files else f"torchvision wrote no IDX files under {raw}"
 
 
 def _idx_dataset(name: str, root: str | None) -> Dataset:
     dirs = idx_search_dirs(name, root)
-    files = next((f for f in map(_find_idx, dirs) if f), None) or _download(name)
+    files = next((f for f in map(_find_idx, dirs) if f), None)
     if files is None:
-        how = "apt-get install dataset-fashion-mnist, " if name == "fashion_mnist" else ""
-        raise DataError(
-            f"dataset={name}: the four IDX files ({', '.join(IDX_FILES.values())}, raw or .gz) "
-            f"are in none of: {', '.join(map(str, dirs))}; get them with {how}"
-            "pip install 'bnn-bench[torchvision]' while online, or set dataset.root=DIR"
-        )
+        files, note = _download(name)
+        if files is None:
+            how = "apt-get install dataset-fashion-mnist, " if name == "fashion_mnist" else ""
+            raise DataError(
+                f"dataset={name}: the four IDX files ({', '.join(IDX_FILES.values())}; raw or "
+                f".gz) are in none of: {', '.join(map(str, dirs))}; {note}; get them with {how}"
+                "pip install 'bnn-bench[torchvision]' while online, or set dataset.root=DIR "
+                "holding the four IDX files"
+            )
     arrays = {k: read_idx(p) for k, p in files.items()}
     for split in ("train", "test"):
+        fx, fy = files[f"x_{split}"], files[f"y_{split}"]
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if len(x) != len(y) or x.ndim != 3 or y.ndim != 1:
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DataError(
-                f"{files[f'x_{split}']} and {files[f'y_{split}']}: expected images (n, H, W) and "
-                f"labels (n,), found shapes {x.shape} and {y.shape}"
+                f"{fx} and {fy}: expected images (n, H, W) and labels (n,) with the same n, "
+                f"found shapes {x.shape} and {y.shape}"
             )
-    xtr, xte = _standardise_global(arrays["x_train"] / 255.0, arrays["x_test"] / 255.0)
+        if y.size and (y.min() < 0 or y.max() > 9):
+            raise DataError(f"{fy}: labels outside 0..9 (found {y.min()}..{y.max()})")
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+        raise DataError(
+            f"{files['x_train']} and {files['x_test']}: train images are "
+            f"{arrays['x_train'].shape[1:]} but test images are {arrays['x_test'].shape[1:]}"
+        )
+    xtr, xte = _standardise_global(
+        arrays["x_train"].astype(np.float32) / np.float32(255.0),
+        arrays["x_test"].astype(np.float32) / np.float32(255.0),
+    )
     ytr, yte = arrays["y_train"].astype(np.int32), arrays["y_test"].astype(np.int32)
-    num_classes = int(max(ytr.max(), yte.max())) + 1
-    return Dataset(name, xtr, ytr, xte, yte, "classification", num_classes)
+    return Dataset(name, xtr, ytr, xte, yte, "classification", 10)
+
+
+# --- npz -----------------------------------------------------------------------------------------
+
+
+def _load_npz(file: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz file, never unpickling anything."""
+    with open(file, "rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":
+            raise DataError(f"{file}: not an .npz file (a zip of .npy arrays, as np.savez writes)")
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise DataError(
+                f"{file}: holds object arrays, which need pickle (refused); save plain numeric "
+                "arrays"
+            ) from exc
+        raise DataError(f"{file}: not a readable .npz file ({exc})") from exc
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{file}: not a readable .npz file ({type(exc).__name__})") from exc
+
+
+def _is_real(dtype: np.dtype) -> bool:
+    return np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
 
 
 def _npz(path: str | None, test_fraction: float, task: str | None) -> Dataset:
@@ -226,72 +381,86 @@ def _npz(path: str | None, test_fraction: float, task: str | None) -> Dataset:
         raise ConfigError("dataset.path is required for dataset=npz: an .npz file with x and y")
     file = Path(path).expanduser()
     if not file.is_file():
-        raise DataError(f"dataset.path={path}: no such file")
-    if task not in (None, "classification", "regression"):
-        raise ConfigError(
-            f"dataset.task={task} is not allowed; choose one of: classification, regression"
-        )
-    try:
-        with np.load(file, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError as exc:
-        raise DataError(
-            f"{file}: holds object arrays, which need pickle; save plain arrays"
-        ) from exc
-    except Exception as exc:
-        raise DataError(f"{file}: not a readable .npz file ({type(exc).__name__})") from exc
+        raise DataError(f"dataset.path={path}: no such file (expected an .npz with x and y)")
+    arrays = _load_npz(file)
     for key in ("x", "y"):
         if key not in arrays:
             raise DataError(f"{file}: has no array '{key}' (found: {', '.join(arrays) or 'none'})")
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise DataError(f"{file}: has only one of x_test and y_test; give both or neither")
-    if "x_test" in arrays:
-        parts = arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"]
-    else:
-        parts = _split(arrays["x"], arrays["y"], test_fraction)
-    names = ("x", "y", "x_test", "y_test") if "x_test" in arrays else ("x", "y", "x", "y")
-    for (x, y), (nx, ny) in zip(
-        ((parts[0], parts[1]), (parts[2], parts[3])),
-        ((names[0], names[1]), (names[2], names[3])),
-        strict=True,
-    ):
+    for key in ("y", "y_test"):  # boolean labels are classes 0 and 1
+        if key in arrays and arrays[key].dtype == bool:
+            arrays[key] = arrays[key].astype(np.int32)
+    fixed_test = "x_test" in arrays
+    for nx, ny in (("x", "y"), ("x_test", "y_test")) if fixed_test else (("x", "y"),):
+        x, y = arrays[nx], arrays[ny]
+        if x.ndim < 1 or y.ndim != 1:
+            raise DataError(
+                f"{file}: {nx} must be (n, ...) and {ny} a vector (n,), found shapes {x.shape} "
+                f"and {y.shape}"
+            )
         if len(x) != len(y):
             raise DataError(f"{file}: {nx} has {len(x)} rows but {ny} has {len(y)}")
-        if not np.issubdtype(x.dtype, np.number) or not np.all(np.isfinite(x)):
-            raise DataError(f"{file}: {nx} must be numeric with no NaN or Inf")
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.number):
-            raise DataError(f"{file}: {ny} must be a numeric vector (n,), found shape {y.shape}")
-    xtr, ytr, xte, yte = parts
-    is_int = np.issubdtype(ytr.dtype, np.integer)
-    task = task or ("classification" if is_int else "regression")
+        if len(x) == 0:
+            raise DataError(f"{file}: {nx} has no rows")
+        if not _is_real(x.dtype):
+            raise DataError(f"{file}: {nx} must hold integers or floats, not {x.dtype}")
+        if not np.all(np.isfinite(x)):
+            raise DataError(f"{file}: {nx} must have no NaN or Inf")
+        if not _is_real(y.dtype):
+            raise DataError(f"{file}: {ny} must hold integers or floats, not {y.dtype}")
+        if not np.all(np.isfinite(y)):
+            raise DataError(f"{file}: {ny} must have no NaN or Inf")
+    if fixed_test and arrays["x"].shape[1:] != arrays["x_test"].shape[1:]:
+        raise DataError(
+            f"{file}: x has inputs of shape {arrays['x'].shape[1:]} but x_test has "
+            f"{arrays['x_test'].shape[1:]}"
+        )
+    x, y = arrays["x"], arrays["y"]
+    if x.ndim == 1:  # a single feature
+        x = x[:, None]
+        if fixed_test:
+            arrays["x_test"] = arrays["x_test"][:, None]
+    if fixed_test:
+        xtr, ytr, xte, yte = x, y, arrays["x_test"], arrays["y_test"]
+        ny_train, ny_test = "y", "y_test"
+    else:
+        xtr, ytr, xte, yte = _split(x, y, test_fraction, str(file))
+        ny_train = ny_test = "y"
+    task = task or ("classification" if np.issubdtype(y.dtype, np.integer) else "regression")
     if task == "classification":
-        for y, ny in ((ytr, names[1]), (yte, names[3])):
-            if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)) or y.min() < 0:
-                raise DataError(f"{file}: {ny} must hold class labels 0..K-1 (integers >= 0)")
+        for labels, ny in ((ytr, ny_train), (yte, ny_test)):
+            if labels.min() < 0 or not np.all(labels == np.round(labels)):
+                bad = labels[(labels < 0) | (labels != np.round(labels))][0]
+                raise DataError(
+                    f"{file}: {ny} has labels outside 0..K-1 (found {bad}); class labels must be "
+                    "integers >= 0"
+                )
         num_classes = int(max(ytr.max(), yte.max())) + 1
+        if num_classes < 2:
+            raise DataError(f"{file}: y has only one class (0); classification needs at least 2")
         ytr, yte = ytr.astype(np.int32), yte.astype(np.int32)
     else:
-        if not (np.all(np.isfinite(ytr)) and np.all(np.isfinite(yte))):
-            raise DataError(f"{file}: y must have no NaN or Inf")
         num_classes = 0
         ytr, yte = ytr.astype(np.float32), yte.astype(np.float32)
-    xtr, xte = xtr.astype(np.float64), xte.astype(np.float64)
-    if xtr.ndim == 2:  # tabular: standardise each feature
-        mean, std = xtr.mean(axis=0), np.maximum(xtr.std(axis=0), 1e-8)
-        xtr, xte = (xtr - mean) / std, (xte - mean) / std
-    else:  # images: one scalar, to keep the image structure
-        xtr, xte = _standardise_global(xtr, xte)
-    return Dataset(
-        "npz", xtr.astype(np.float32), ytr, xte.astype(np.float32), yte, task, num_classes
-    )
+    if xtr.ndim == 2:
+        xtr, xte = _standardise_features(xtr, xte)
+    else:
+        xtr, xte = _standardise_global(xtr.astype(np.float64), xte.astype(np.float64))
+    return Dataset("npz", xtr, ytr, xte, yte, task, num_classes)
 
 
-def _synthetic_regression(n_train, n_test, dim, noise_std, seed) -> Dataset:
-    """y = x w + noise with x, w ~ N(0, I): a Bayesian linear regression with a closed form."""
-    if dim < 1 or noise_std <= 0:
-        raise ConfigError(
-            f"dataset.dim={dim}, dataset.noise_std={noise_std}: need dim >= 1 and noise_std > 0"
-        )
+# --- synthetic_regression ------------------------------------------------------------------------
+
+
+def _synthetic_regression(
+    n_train: int, n_test: int, dim: Any, noise_std: Any, seed: int
+) -> Dataset:
+    """y = x @ w + noise_std * eps with x, w, eps ~ N(0, I) from rng(seed): a closed form."""
+    if isinstance(dim, bool) or not isinstance(dim, Integral) or dim < 1:
+        raise ConfigError(f"dataset.dim={dim!r} is not allowed; use an integer >= 1")
+    if isinstance(noise_std, bool) or not isinstance(noise_std, Real) or not noise_std > 0:
+        raise ConfigError(f"dataset.noise_std={noise_std!r} is not allowed; use a number > 0")
     rng = np.random.default_rng(seed)
     w = rng.normal(size=dim)
     x = rng.normal(size=(n_train + n_test, dim))

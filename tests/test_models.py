@@ -1,0 +1,64 @@
+"""Model registry: exact parameter counts, layouts, and the prior's fan-in scaling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bnn_bench.errors import ConfigError
+from bnn_bench.models import build_model, model_layout
+from bnn_bench.posterior import make_log_target, make_posterior
+
+
+@pytest.mark.parametrize(("name", "count"), [("lenet5", 61_706), ("cnn", 96_658)])
+def test_paper_models_have_the_papers_parameter_counts(name, count):
+    post = make_posterior(build_model(name, 10), jnp.zeros((1, 28, 28, 1)))
+    assert post.dim == count
+    assert model_layout(name) == "image"
+
+
+def test_mlp_and_linear_counts():
+    assert make_posterior(build_model("mlp", 10, hidden=[32]), jnp.zeros((1, 64))).dim == (
+        64 * 32 + 32 + 32 * 10 + 10
+    )
+    assert make_posterior(build_model("linear", 3), jnp.zeros((1, 5))).dim == 18
+
+
+def test_lenet5_runs_on_28x28_and_cnn_on_8x8():
+    post = make_posterior(build_model("lenet5", 10), jnp.zeros((1, 28, 28, 1)))
+    theta = post.sample_prior(jax.random.key(0), 1)[0]
+    assert post.apply(theta, jnp.zeros((3, 28, 28, 1))).shape == (3, 10)
+    cnn = make_posterior(build_model("cnn", 10), jnp.zeros((1, 8, 8, 1)))
+    assert cnn.apply(cnn.sample_prior(jax.random.key(0), 1)[0], jnp.zeros((2, 8, 8, 1))).shape == (
+        2,
+        10,
+    )
+
+
+def test_unknown_model():
+    with pytest.raises(ConfigError, match="model=resnet"):
+        build_model("resnet", 10)
+
+
+def test_fan_in_prior_scales_each_layer():
+    post = make_posterior(
+        build_model("mlp", 10, hidden=[32]), jnp.zeros((1, 64)), prior_std=2.0, prior_scale="fan_in"
+    )
+    stds = np.unique(np.round(np.asarray(post.prior_std), 6))
+    np.testing.assert_allclose(sorted(stds), sorted([2 / np.sqrt(64), 2 / np.sqrt(32)]), rtol=1e-5)
+    flat = make_posterior(build_model("mlp", 10, hidden=[32]), jnp.zeros((1, 64)), prior_std=2.0)
+    assert flat.prior_std.min() == flat.prior_std.max() == 2.0
+
+
+def test_log_prior_and_scaled_likelihood():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(10, 4)), jnp.float32)
+    y = jnp.arange(10) % 3
+    post = make_posterior(build_model("linear", 3), x, prior_std=0.5)
+    theta = post.sample_prior(jax.random.key(1), 1)[0]
+    expected = -0.5 * np.sum(np.asarray(theta) ** 2 / 0.25) - 15 * np.log(2 * np.pi * 0.25) / 2
+    assert float(post.log_prior(theta)) == pytest.approx(expected, rel=1e-5)
+    lt = make_log_target(post, 10)
+    ll = post.log_likelihood(theta, x, y)
+    mask = jnp.arange(10) < 4  # first 4 rows real: scaled by N / |B| = 10 / 4
+    value = float(lt(theta, x, y, mask, 4))
+    assert value == pytest.approx(float(post.log_prior(theta) + 2.5 * ll[:4].sum()), rel=1e-5)
