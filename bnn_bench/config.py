@@ -79,6 +79,7 @@ class HardwareConfig:
     platform: str = "cpu"
     dtype: str = "float32"
     particle_chunk: int | None = None
+    particle_map: str = "auto"
     eval_chunk: int = 2000
 
 
@@ -168,6 +169,7 @@ def validate(cfg) -> None:
     if h.particle_chunk is not None:
         pc = h.particle_chunk
         _check("hardware.particle_chunk", pc, pc >= 1, "an integer >= 1 (or null for all)")
+    _allowed("hardware.particle_map", h.particle_map, ("auto", "vmap", "unroll"))
     _check("hardware.eval_chunk", h.eval_chunk, h.eval_chunk >= 1, "an integer >= 1")
     _allowed("logger", cfg.logger.name, ("wandb", "none"))
     _allowed("logger.mode", cfg.logger.mode, ("online", "offline", "disabled"))

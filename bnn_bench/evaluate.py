@@ -13,16 +13,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from bnn_bench import metrics
+from bnn_bench.inference.mapping import map_particles
 from bnn_bench.posterior import Posterior
 
 
-@partial(jax.jit, static_argnames=("apply", "categorical", "particle_chunk"))
-def _chunk_outputs(apply, particles, x, *, categorical: bool, particle_chunk: int | None):
+@partial(jax.jit, static_argnames=("apply", "categorical", "particle_chunk", "particle_map"))
+def _chunk_outputs(
+    apply, particles, x, *, categorical: bool, particle_chunk: int | None, particle_map: str
+):
     def one(theta):
         out = apply(theta, x)
         return jax.nn.log_softmax(out) if categorical else out[:, 0]
 
-    return jax.lax.map(one, particles, batch_size=particle_chunk)
+    return map_particles(one, particles, particle_map=particle_map, chunk_size=particle_chunk)
 
 
 def particle_outputs(
@@ -32,6 +35,7 @@ def particle_outputs(
     *,
     chunk_size: int = 2000,
     particle_chunk: int | None = None,
+    particle_map: str = "vmap",
 ):
     """Per-particle log-probs (J, n, K) or regression means (J, n) over x, in data chunks."""
     categorical = posterior.likelihood == "categorical"
@@ -42,6 +46,7 @@ def particle_outputs(
             jnp.asarray(x[i : i + chunk_size]),
             categorical=categorical,
             particle_chunk=particle_chunk,
+            particle_map=particle_map,
         )
         for i in range(0, len(x), chunk_size)
     ]
@@ -57,6 +62,7 @@ def evaluate(
     *,
     chunk_size: int = 2000,
     particle_chunk: int | None = None,
+    particle_map: str = "vmap",
     num_bins: int = 15,
 ) -> dict[str, float]:
     """Test metrics of the weighted predictive: accuracy/nll/ece/brier, or rmse/nll (regression)."""
@@ -64,11 +70,23 @@ def evaluate(
         logp = []
         for i in range(0, len(x), chunk_size):
             per_particle = particle_outputs(
-                posterior, particles, x[i : i + chunk_size], particle_chunk=particle_chunk
+                posterior,
+                particles,
+                x[i : i + chunk_size],
+                chunk_size=chunk_size,
+                particle_chunk=particle_chunk,
+                particle_map=particle_map,
             )
             logp.append(metrics.predictive_log_probs(per_particle, log_weights))
         return metrics.classification_metrics(
             jnp.concatenate(logp), jnp.asarray(y), num_bins=num_bins
         )
-    means = particle_outputs(posterior, particles, x, chunk_size=chunk_size)
+    means = particle_outputs(
+        posterior,
+        particles,
+        x,
+        chunk_size=chunk_size,
+        particle_chunk=particle_chunk,
+        particle_map=particle_map,
+    )
     return metrics.regression_metrics(means, log_weights, jnp.asarray(y), posterior.noise_std)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from blackjax.smc import resampling as bj_resampling
 
+from bnn_bench.inference.mapping import map_particles
 from bnn_bench.inference.smc.proposals import Proposal, leapfrog_move
 from bnn_bench.metrics import ess
 
@@ -54,6 +55,7 @@ class SMCConfig(NamedTuple):
     resampler: str = "systematic"
     weights: str = "energy"
     chunk_size: int | None = None  # particles moved at once (memory bound); None = all
+    particle_map: str = "vmap"  # vmap (dense models) | unroll (convolutions on CPU)
 
 
 def init(rng_key: jax.Array, prior_std: jax.Array, log_prior: Callable, num_particles: int):
@@ -102,7 +104,12 @@ def step(
         return leapfrog_move(value_and_grad, key, theta, config.proposal)
 
     keys = jax.random.split(key_move, num_particles)
-    moved = jax.lax.map(move_one, (keys, state.particles), batch_size=config.chunk_size)
+    moved = map_particles(
+        move_one,
+        (keys, state.particles),
+        particle_map=config.particle_map,
+        chunk_size=config.chunk_size,
+    )
 
     increment = moved.log_weight_increment
     if config.weights == "annealed":
