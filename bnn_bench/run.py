@@ -192,6 +192,17 @@ def build_posterior(cfg: DictConfig, data):
     )
 
 
+def particle_map(cfg: DictConfig) -> str:
+    """hardware.particle_map, with auto resolved: unroll convolutional models on CPU, else vmap."""
+    from bnn_bench.models import model_layout
+
+    choice = cfg.hardware.particle_map
+    if choice != "auto":
+        return choice
+    conv_on_cpu = model_layout(cfg.model.name) == "image" and cfg.hardware.platform == "cpu"
+    return "unroll" if conv_on_cpu else "vmap"
+
+
 class Reporter:
     """Sends every record to metrics.jsonl, W&B and the progress bar."""
 
@@ -240,6 +251,7 @@ def run_smc(cfg: DictConfig, data, posterior, reporter: Reporter, out_dir: Path)
         resampler=smc.resampler,
         weights=smc.weights,
         chunk_size=cfg.hardware.particle_chunk,
+        particle_map=particle_map(cfg),
     )
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     key_init, key_run = jax.random.split(jax.random.key(cfg.seed))
@@ -255,6 +267,7 @@ def run_smc(cfg: DictConfig, data, posterior, reporter: Reporter, out_dir: Path)
             data.y_test,
             chunk_size=cfg.hardware.eval_chunk,
             particle_chunk=cfg.hardware.particle_chunk,
+            particle_map=config.particle_map,
         )
 
     def callback(record, st):
@@ -315,11 +328,12 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     posterior = build_posterior(cfg, data)
 
     hc = HydraConfig.get()
-    group = cfg.logger.group or cfg.experiment or (hc.job.name if hc.mode.name == "RUN" else None)
-    if group is None:
-        group = Path(hc.sweep.dir).name
+    group, job_type, name = wandb_names(
+        cfg, multirun=hc.mode.name == "MULTIRUN", sweep_dir=hc.sweep.dir
+    )
     base = {
         "method": cfg.method.name,
+        "experiment": cfg.experiment,
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,
         "seed": cfg.seed,
@@ -327,14 +341,13 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         "n_test": int(len(data.y_test)),
         "n_params": posterior.dim,
     }
-    job_type = "/".join(str(v) for v in (cfg.method.name, cfg.get("schedule", {}).get("name")) if v)
     wandb_run = WandbRun(
         mode=cfg.logger.mode if cfg.logger.name == "wandb" else "disabled",
         project=cfg.logger.project,
         entity=cfg.logger.entity,
-        group=str(group),
+        group=group,
         job_type=job_type,
-        name=f"{job_type.replace('/', '-')}-{cfg.proposal.name}-seed{cfg.seed}",
+        name=name,
         config=OmegaConf.to_container(cfg, resolve=True),
         out_dir=out_dir,
     )
@@ -362,6 +375,19 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         wandb_run.finish(exit_code)
+
+
+def wandb_names(cfg: DictConfig, *, multirun: bool, sweep_dir: str) -> tuple[str, str, str]:
+    """W&B (group, job_type, name).
+
+    group: logger.group, else the experiment, else the sweep directory's name in a multirun (one
+    group per sweep), else "default". job_type: method/schedule.
+    """
+    group = cfg.logger.group or cfg.experiment or (Path(sweep_dir).name if multirun else "default")
+    schedule = cfg.get("schedule", {}).get("name")
+    job_type = "/".join(str(v) for v in (cfg.method.name, schedule) if v)
+    parts = [job_type.replace("/", "-"), cfg.get("proposal", {}).get("name"), f"seed{cfg.seed}"]
+    return str(group), job_type, "-".join(str(p) for p in parts if p)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -154,3 +154,23 @@ def test_minibatch_log_target_is_unbiased_for_the_full_one():
         estimates.append(float(lt(theta, jnp.asarray(x)[idx], jnp.asarray(y)[idx], mask, 40)))
     se = np.std(estimates) / np.sqrt(len(estimates))
     assert abs(np.mean(estimates) - full) < 4 * se
+
+
+@pytest.mark.parametrize("particle_map, chunk", [("unroll", None), ("vmap", 3), ("vmap", None)])
+def test_particle_maps_give_the_same_step(particle_map, chunk):
+    # The three ways of mapping the move over particles are the same computation.
+    x, y, _, _ = linear_regression(n=60)
+    post = blr_posterior(x)
+    lt = make_log_target(post, len(x))
+    state = sampler.init(jax.random.key(0), post.prior_std, post.log_prior, 8)
+    args = (jax.random.key(1), state, jnp.asarray(x), jnp.asarray(y), jnp.asarray(30))
+
+    def step(**kw):
+        config = sampler.SMCConfig(Proposal(3, 0.01), **kw)
+        return sampler.step(*args, log_target=lt, config=config, bucket=30)
+
+    ref, ref_info = step(particle_map="vmap", chunk_size=1)
+    got, info = step(particle_map=particle_map, chunk_size=chunk)
+    np.testing.assert_allclose(got.particles, ref.particles, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.log_weights, ref.log_weights, rtol=1e-4, atol=1e-4)
+    assert float(info.ess) == pytest.approx(float(ref_info.ess), rel=1e-4)

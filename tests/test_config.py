@@ -1,0 +1,92 @@
+"""The real configs compose, every group option exists, and presets load."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from bnn_bench.config import validate
+from bnn_bench.run import CONFIG_DIR
+
+GROUPS = {
+    "method": {"smc"},
+    "schedule": {"full", "constant", "ctr", "linear"},
+    "proposal": {"hmc", "langevin"},
+    "dataset": {"digits", "fashion_mnist", "mnist", "npz", "synthetic_regression"},
+    "model": {"linear", "mlp", "lenet5", "cnn"},
+    "likelihood": {"categorical", "gaussian"},
+    "hardware": {"cpu", "gpu"},
+    "logger": {"wandb", "none"},
+}
+
+
+@pytest.fixture
+def composer():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        yield lambda *o: compose(config_name="config", overrides=list(o))
+    GlobalHydra.instance().clear()
+
+
+def test_defaults(composer):
+    cfg = composer()
+    assert (cfg.method.name, cfg.schedule.name, cfg.proposal.name) == ("smc", "ctr", "hmc")
+    assert (cfg.dataset.name, cfg.model.name, cfg.likelihood.name) == (
+        "digits",
+        "mlp",
+        "categorical",
+    )
+    assert cfg.logger.name == "wandb"
+    assert (cfg.schedule.batch_size, cfg.schedule.refine_at) == (500, 0.9)
+    assert (cfg.proposal.num_steps, cfg.proposal.step_size) == (3, 0.002)
+    validate(cfg)
+
+
+def test_every_group_option_exists_and_composes(composer):
+    for group, options in GROUPS.items():
+        found = {p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml")}
+        assert options <= found, group
+        for option in options:
+            cfg = composer(f"{group}={option}")
+            assert cfg[group].name == option
+
+
+def test_langevin_is_one_step(composer):
+    assert composer("proposal=langevin").proposal.num_steps == 1
+
+
+def test_experiment_presets_compose_and_validate(composer):
+    presets = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+    assert "fmnist_cnn_reduced" in presets
+    for name in presets:
+        cfg = composer(f"experiment={name}")
+        validate(cfg)
+        assert cfg.experiment == name
+
+
+def test_wandb_group_and_job_type(composer):
+    from bnn_bench.run import wandb_names
+
+    cfg = composer("schedule=full", "seed=3")
+    assert wandb_names(cfg, multirun=False, sweep_dir="x") == (
+        "default",
+        "smc/full",
+        "smc-full-hmc-seed3",
+    )
+    # a sweep groups its jobs under the sweep directory's name
+    assert wandb_names(cfg, multirun=True, sweep_dir="outputs/multirun/d/12-00-00")[0] == "12-00-00"
+    # an experiment names the group, and logger.group wins over both
+    cfg = composer("experiment=fmnist_cnn_reduced")
+    assert wandb_names(cfg, multirun=True, sweep_dir="s")[0] == "fmnist_cnn_reduced"
+    cfg = composer("experiment=fmnist_cnn_reduced", "logger.group=mine")
+    assert wandb_names(cfg, multirun=True, sweep_dir="s")[0] == "mine"
+
+
+def test_particle_map_auto_unrolls_convolutions_on_cpu_only(composer):
+    from bnn_bench.run import particle_map
+
+    assert particle_map(composer()) == "vmap"
+    assert particle_map(composer("model=cnn")) == "unroll"
+    assert particle_map(composer("model=lenet5", "hardware=gpu")) == "vmap"
+    assert particle_map(composer("model=cnn", "hardware.particle_map=vmap")) == "vmap"
