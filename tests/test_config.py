@@ -65,6 +65,17 @@ def test_experiment_presets_compose_and_validate(composer):
         assert cfg.experiment == name
 
 
+def test_a_preset_overrides_the_primary_config(composer):
+    # the preset's values win over config.yaml's (the defaults list puts experiment after _self_)
+    cfg = composer("experiment=fmnist_cnn_reduced")
+    assert (cfg.dataset.name, cfg.model.name) == ("fashion_mnist", "cnn")
+    assert (cfg.smc.num_particles, cfg.smc.num_iterations) == (8, 80)
+    assert (cfg.dataset.n_train, cfg.schedule.batch_size, cfg.prior.std) == (1000, 100, 1.0)
+    # and the command line wins over the preset
+    cfg = composer("experiment=fmnist_cnn_reduced", "smc.num_particles=4", "schedule=full")
+    assert (cfg.smc.num_particles, cfg.schedule.name) == (4, "full")
+
+
 def test_wandb_group_and_job_type(composer):
     from bnn_bench.run import wandb_names
 

@@ -156,7 +156,9 @@ def test_minibatch_log_target_is_unbiased_for_the_full_one():
     assert abs(np.mean(estimates) - full) < 4 * se
 
 
-@pytest.mark.parametrize("particle_map, chunk", [("unroll", None), ("vmap", 3), ("vmap", None)])
+@pytest.mark.parametrize(
+    "particle_map, chunk", [("unroll", None), ("unroll", 3), ("vmap", 3), ("vmap", None)]
+)
 def test_particle_maps_give_the_same_step(particle_map, chunk):
     # The three ways of mapping the move over particles are the same computation.
     x, y, _, _ = linear_regression(n=60)
