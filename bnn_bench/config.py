@@ -110,6 +110,8 @@ class Config:
     eval_every: int = 0
     log_every: int = 10
     progress: bool = True
+    checkpoint_every: int = 100
+    resume: bool = False
 
 
 def register_configs() -> None:
@@ -128,12 +130,48 @@ def _check(key: str, value, ok: bool, allowed: str) -> None:
         raise ConfigError(f"{key}={value} is not allowed; it must be {allowed}")
 
 
+def check_targets(node, prefix: str = "") -> None:
+    """Refuse any `_target_` outside bnn_bench (the instantiate allow-list).
+
+    bnn-bench builds its objects from registries, not from `_target_` strings; this check makes
+    sure that a config or an override can never name code for Hydra to import and call.
+    """
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_" and not str(value).startswith(ALLOWED_TARGET_PREFIX):
+                raise ConfigError(
+                    f"{prefix}_target_={value} is not allowed; only {ALLOWED_TARGET_PREFIX}* "
+                    "targets may be instantiated"
+                )
+            check_targets(value, f"{prefix}{key}.")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_targets(value, f"{prefix}{i}.")
+
+
+ALLOWED_TARGET_PREFIX = "bnn_bench."
+
+
+def check_known_keys(node, schema, prefix: str = "") -> None:
+    """Refuse keys the schema does not have (an override like `+optimizer=adam` would add one)."""
+    for key, value in node.items():
+        if key not in schema:
+            raise ConfigError(f"{prefix}{key}: unknown key (`bnn-bench --help` lists the keys)")
+        if isinstance(value, dict) and isinstance(schema[key], dict):
+            check_known_keys(value, schema[key], f"{prefix}{key}.")
+
+
 def validate(cfg) -> None:
     """Reject impossible values before any work starts (dataset-size checks happen at load)."""
+    from omegaconf import OmegaConf
+
     from bnn_bench.inference.smc.proposals import PROPOSALS
     from bnn_bench.inference.smc.sampler import RESAMPLERS, WEIGHTS
     from bnn_bench.inference.smc.schedules import SCHEDULES
 
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    check_targets(tree)
+    check_known_keys(tree, OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
     _allowed("method", cfg.method.name, ("smc",))
     smc = cfg.smc
     _check("smc.num_particles", smc.num_particles, smc.num_particles >= 2, "an integer >= 2")
@@ -175,6 +213,8 @@ def validate(cfg) -> None:
     _allowed("logger.mode", cfg.logger.mode, ("online", "offline", "disabled"))
     _check("eval_every", cfg.eval_every, cfg.eval_every >= 0, ">= 0 (0: only at the end)")
     _check("log_every", cfg.log_every, cfg.log_every >= 1, "an integer >= 1")
+    ce = cfg.checkpoint_every
+    _check("checkpoint_every", ce, ce >= 0, ">= 0 (0: only on SIGTERM)")
 
 
 def validate_against_data(cfg, num_data: int) -> None:

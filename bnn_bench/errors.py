@@ -14,3 +14,11 @@ class ConfigError(BnnBenchError):
 
 class DataError(BnnBenchError):
     """A data file is missing or malformed: the message names the file and what was expected."""
+
+
+class RunDiverged(Exception):
+    """Every particle diverged: results.json gets status=diverged; exit code 1."""
+
+
+class RunInterrupted(Exception):
+    """SIGTERM arrived: a checkpoint was written; results.json gets status=interrupted; exit 143."""

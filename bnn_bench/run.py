@@ -6,8 +6,11 @@ input is answered with one line and exit code 2 before Hydra creates any output 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -16,8 +19,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from bnn_bench.checkpoint import Checkpoints
 from bnn_bench.config import register_configs, validate, validate_against_data
-from bnn_bench.errors import BnnBenchError, ConfigError
+from bnn_bench.errors import BnnBenchError, ConfigError, RunDiverged, RunInterrupted
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # A wheel carries conf/ as bnn_bench/conf (pyproject's package-dir); a source checkout or an
@@ -32,6 +36,7 @@ CONFIG_DIR = next(
 )
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 143  # 128 + SIGTERM, as a shell reports a job killed by it
 _failed_jobs: list[str] = []
 
 register_configs()
@@ -110,12 +115,29 @@ def preflight(argv: list[str]) -> None:
                 except Exception as exc:
                     raise ConfigError(hydra_error_line(exc)) from exc
                 validate(cfg)
+            hydra_cfg = compose(
+                config_name="config", overrides=overrides, return_hydra_config=True
+            ).hydra
+            key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
+            check_creatable(key, hydra_cfg.sweep.dir if args.multirun else hydra_cfg.run.dir)
     except BnnBenchError:
         raise
     except Exception as exc:  # override syntax errors and the like
         raise ConfigError(hydra_error_line(exc)) from exc
     finally:
         GlobalHydra.instance().clear()
+
+
+def check_creatable(key: str, directory: str) -> None:
+    """Refuse an output directory that cannot be made (its nearest existing parent must be a
+    writable directory), before Hydra tries and fails with a traceback."""
+    path = Path(directory).absolute()
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        what = "not a directory" if not parent.is_dir() else "not writable"
+        raise ConfigError(f"{key}={directory} cannot be created: {parent} is {what}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,12 +228,13 @@ def particle_map(cfg: DictConfig) -> str:
 class Reporter:
     """Sends every record to metrics.jsonl, W&B and the progress bar."""
 
-    def __init__(self, out_dir: Path, cfg: DictConfig, total: int, wandb_run):
+    def __init__(self, out_dir: Path, cfg: DictConfig, total: int, wandb_run, start: int = 0):
         from bnn_bench.tracking import MetricsFile, Progress
 
         self.metrics = MetricsFile(out_dir / "metrics.jsonl")
-        self.progress = Progress(total, enabled=cfg.progress)
+        self.progress = Progress(total, enabled=cfg.progress, start=start)
         self.wandb = wandb_run
+        self.run_id = wandb_run.run_id
 
     def record(self, record: dict[str, Any]) -> None:
         self.metrics.write(record)
@@ -224,7 +247,9 @@ class Reporter:
         self.metrics.close()
 
 
-def run_smc(cfg: DictConfig, data, posterior, reporter: Reporter, out_dir: Path) -> dict[str, Any]:
+def run_smc(
+    cfg: DictConfig, data, posterior, reporter: Reporter, out_dir: Path, checkpoints: Checkpoints
+) -> dict[str, Any]:
     """Data-annealed SMC: returns the results.json fields that are specific to the method."""
     import jax
     import jax.numpy as jnp
@@ -257,6 +282,11 @@ def run_smc(cfg: DictConfig, data, posterior, reporter: Reporter, out_dir: Path)
     key_init, key_run = jax.random.split(jax.random.key(cfg.seed))
     state = sampler.init(key_init, posterior.prior_std, posterior.log_prior, smc.num_particles)
     counts = {"n_resample": 0, "iterations": 0, "ess_final": float(smc.num_particles)}
+    progress = {"example_grads": 0, "elapsed": 0.0}
+    if checkpoints.resumed is not None:
+        state, meta = checkpoints.read(state)
+        counts.update(meta["counts"])
+        progress.update(meta["progress"])
 
     def test_metrics(st) -> dict[str, float]:
         return evaluate(
@@ -271,12 +301,16 @@ def run_smc(cfg: DictConfig, data, posterior, reporter: Reporter, out_dir: Path)
         )
 
     def callback(record, st):
+        k = record["iter"]
         counts["n_resample"] += int(record["resampled"])
-        counts["iterations"] = record["iter"]
+        counts["iterations"] = k
         counts["ess_final"] = record["ess"]
-        if st is not None and cfg.eval_every and record["iter"] % cfg.eval_every == 0:
-            record.update({f"test_{k}": v for k, v in test_metrics(st).items()})
+        if st is not None and cfg.eval_every and k % cfg.eval_every == 0:
+            record.update({f"test_{name}": v for name, v in test_metrics(st).items()})
         reporter.record(record)
+        if st is not None and (checkpoints.due(k) or STOP.is_set()):
+            done = {"example_grads": record["example_grads"], "elapsed": record["time_s"]}
+            checkpoints.write(st, k, counts=counts, progress=done, wandb_id=reporter.run_id)
 
     state, status = loop.run(
         key_run,
@@ -289,12 +323,20 @@ def run_smc(cfg: DictConfig, data, posterior, reporter: Reporter, out_dir: Path)
         bucket_sizes=schedules.buckets(n, s.batch_size),
         callback=callback,
         sync_every=cfg.log_every,
-        state_every=cfg.eval_every,
+        state_at=lambda k: checkpoints.due(k) or bool(cfg.eval_every and k % cfg.eval_every == 0),
+        should_stop=STOP.is_set,
+        start=counts["iterations"],
+        **progress,
     )
     if status == "diverged":
-        raise RuntimeError(
+        raise RunDiverged(
             f"every particle diverged by iteration {counts['iterations']}: "
             f"try a smaller proposal.step_size (now {cfg.proposal.step_size})"
+        )
+    if status == "interrupted":
+        raise RunInterrupted(
+            f"interrupted by SIGTERM at iteration {counts['iterations']}; checkpoint written; "
+            f"continue with resume=true hydra.run.dir={out_dir}"
         )
     results = test_metrics(state)
     if cfg.save_posterior:
@@ -318,14 +360,18 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     """Run one configured job end to end and write its results.json."""
     from hydra.core.hydra_config import HydraConfig
 
-    from bnn_bench.tracking import WandbRun, write_json
+    from bnn_bench.tracking import WandbRun, new_run_id, truncate_metrics, write_json
 
     validate(cfg)
     _configure_jax(cfg)
     out_dir = _output_dir()
+    config = OmegaConf.to_container(cfg, resolve=True)
+    checkpoints = Checkpoints(out_dir / "checkpoint.npz", config, cfg.checkpoint_every)
+    resumed = _resume_point(cfg, out_dir, checkpoints)
     data = load_data(cfg)
     validate_against_data(cfg, data.n_train)
     posterior = build_posterior(cfg, data)
+    truncate_metrics(out_dir / "metrics.jsonl", after=resumed["iteration"] if resumed else 0)
 
     hc = HydraConfig.get()
     group, job_type, name = wandb_names(
@@ -348,33 +394,72 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         group=group,
         job_type=job_type,
         name=name,
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=config,
         out_dir=out_dir,
+        run_id=resumed.get("wandb_id") if resumed else new_run_id(),
+        resume=resumed is not None,
     )
-    reporter = Reporter(out_dir, cfg, cfg.smc.num_iterations, wandb_run)
+    start = resumed["iteration"] if resumed else 0
+    reporter = Reporter(out_dir, cfg, cfg.smc.num_iterations, wandb_run, start=start)
     t0 = time.perf_counter()
     exit_code = 1
     try:
-        try:
-            results = METHODS[cfg.method.name](cfg, data, posterior, reporter, out_dir)
-            status = "finished"
-        finally:
-            reporter.close()
+        with _sigterm_sets_stop():
+            try:
+                method = METHODS[cfg.method.name]
+                results = method(cfg, data, posterior, reporter, out_dir, checkpoints)
+                status = "finished"
+            finally:
+                reporter.close()
         results = {**base, **results, "runtime_s": time.perf_counter() - t0, "status": status}
         write_json(out_dir / "results.json", results)
         wandb_run.summary(results)
         exit_code = 0
         return results
     except Exception as exc:
-        failed = {**base, "runtime_s": time.perf_counter() - t0, "status": "failed"}
+        status = {RunDiverged: "diverged", RunInterrupted: "interrupted"}.get(type(exc), "failed")
+        failed = {**base, "runtime_s": time.perf_counter() - t0, "status": status}
         failed["error"] = _one_line(exc)
-        if "diverged" in failed["error"]:
-            failed["status"] = "diverged"
         write_json(out_dir / "results.json", failed)
         wandb_run.summary(failed)
         raise
     finally:
         wandb_run.finish(exit_code)
+
+
+def _resume_point(cfg: DictConfig, out_dir: Path, checkpoints: Checkpoints) -> dict | None:
+    """The checkpoint metadata to resume from (resume=true), or None for a fresh run.
+
+    A fresh run refuses a directory that already holds a run, so that nothing is overwritten.
+    """
+    if not cfg.resume:
+        held = [f for f in ("checkpoint.npz", "results.json") if (out_dir / f).exists()]
+        if held:
+            raise ConfigError(
+                f"output directory {out_dir} already holds a run ({held[0]}); pass resume=true "
+                "to continue it, or choose another hydra.run.dir"
+            )
+        return None
+    if not checkpoints.exists():
+        print(f"[bnn-bench] resume: no checkpoint in {out_dir}; starting afresh", file=sys.stderr)
+        return None
+    meta = checkpoints.peek()
+    print(f"[bnn-bench] resume: continuing from iteration {meta['iteration']}", file=sys.stderr)
+    return meta
+
+
+# Set by SIGTERM (a preempted cluster job): the run loop writes a checkpoint and stops.
+STOP = threading.Event()
+
+
+@contextlib.contextmanager
+def _sigterm_sets_stop():
+    STOP.clear()
+    previous = signal.signal(signal.SIGTERM, lambda *_: STOP.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def wandb_names(cfg: DictConfig, *, multirun: bool, sweep_dir: str) -> tuple[str, str, str]:
@@ -419,10 +504,13 @@ def _hydra_entry(cfg: DictConfig) -> None:
         if not multirun:
             sys.exit(EXIT_USAGE)
         _failed_jobs.append(HydraConfig.get().runtime.output_dir)
+    except RunInterrupted as exc:
+        _say(str(exc))
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:
         if os.environ.get("BNN_BENCH_TRACEBACK"):
             traceback.print_exc()
-        _say(_one_line(exc))
+        _say(str(exc) if isinstance(exc, RunDiverged) else _one_line(exc))
         if not multirun:
             sys.exit(EXIT_FAILED)
         _failed_jobs.append(HydraConfig.get().runtime.output_dir)

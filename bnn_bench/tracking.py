@@ -47,6 +47,21 @@ def write_posterior(path: Path, particles: np.ndarray, log_weights: np.ndarray) 
     atomic_write_bytes(path, buf.getvalue())
 
 
+def truncate_metrics(path: Path, after: int) -> None:
+    """Keep metrics.jsonl's records with iter <= `after` (those a resumed run will not redo)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["iter"] <= after:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            break  # a line cut short by a kill, and everything after it
+    atomic_write_bytes(path, "".join(kept).encode())
+
+
 class MetricsFile:
     """metrics.jsonl: one JSON object per line, flushed as written."""
 
@@ -76,8 +91,9 @@ def _jsonable(obj):
 class Progress:
     """A one-line progress bar on a terminal; otherwise a plain log line every ~5 percent."""
 
-    def __init__(self, total: int, enabled: bool = True, stream=None):
+    def __init__(self, total: int, enabled: bool = True, stream=None, start: int = 0):
         self.total = total
+        self.start = start  # iterations done before this process (a resumed run)
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
@@ -88,7 +104,8 @@ class Progress:
         if not self.enabled:
             return
         elapsed = time.perf_counter() - self.t0
-        eta = elapsed / it * (self.total - it) if it else float("nan")
+        done = it - self.start
+        eta = elapsed / done * (self.total - it) if done > 0 else float("nan")
         pct = 100 * it / self.total
         text = (
             f"iter {it}/{self.total} | batch {batch_size} | ess {ess:.1f} | "
@@ -132,11 +149,34 @@ def wandb_api_key_available() -> bool:
     return bool(auth and auth[2])
 
 
+def new_run_id() -> str:
+    """A W&B-style run id (8 lowercase alphanumerics), kept in checkpoints so a resume reuses it."""
+    import secrets
+    import string
+
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
 class WandbRun:
     """A W&B run that falls back to offline when online is impossible and always finishes."""
 
-    def __init__(self, *, mode: str, project: str, entity, group, job_type, name, config, out_dir):
+    def __init__(
+        self,
+        *,
+        mode: str,
+        project: str,
+        entity,
+        group,
+        job_type,
+        name,
+        config,
+        out_dir,
+        run_id: str | None = None,
+        resume: bool = False,
+    ):
         self.run = None
+        self.run_id = run_id
         if mode == "disabled":
             return
         import wandb
@@ -153,14 +193,20 @@ class WandbRun:
             config=config,
             dir=str(out_dir),
             reinit="finish_previous",
+            id=run_id,
+            resume="allow" if resume else None,
         )
+        timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", 30))
         try:
-            self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=30), **kwargs)
+            self.run = wandb.init(
+                mode=mode, settings=wandb.Settings(init_timeout=timeout), **kwargs
+            )
         except Exception as exc:  # network or auth failure: keep the run, log offline
             if mode != "online":
                 raise
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             print(f"[bnn-bench] W&B online failed ({first}); logging offline", file=sys.stderr)
+            wandb.teardown()  # the failed online attempt still holds the run id
             self.run = wandb.init(mode="offline", **kwargs)
 
     def log(self, record: dict[str, Any], step: int) -> None:

@@ -11,11 +11,27 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run `bnn-bench ARGS` with W&B off and a plain (non-tty) progress log."""
+def cli_env(**changes: str | None) -> dict[str, str]:
+    """The environment of a CLI run: W&B off unless `changes` say otherwise (None removes)."""
     env = {**os.environ, "WANDB_MODE": "disabled", "WANDB_SILENT": "true"}
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+CLI = [sys.executable, "-m", "bnn_bench.run"]
+
+
+def cli(
+    *args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run `bnn-bench ARGS` with W&B off and a plain (non-tty) progress log."""
+    env = env or cli_env()
     return subprocess.run(
-        [sys.executable, "-m", "bnn_bench.run", *args],
+        [*CLI, *args],
         cwd=cwd or REPO,
         env=env,
         capture_output=True,

@@ -176,3 +176,49 @@ def test_particle_maps_give_the_same_step(particle_map, chunk):
     np.testing.assert_allclose(got.particles, ref.particles, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.log_weights, ref.log_weights, rtol=1e-4, atol=1e-4)
     assert float(info.ess) == pytest.approx(float(ref_info.ess), rel=1e-4)
+
+
+def test_a_resumed_loop_continues_exactly():
+    # Stopping at iteration 6 and resuming from the state there (start=6) gives the same particles
+    # as the uninterrupted 12-iteration run: iteration k's randomness depends only on (key, k).
+    x, y, _, _ = linear_regression(n=80)
+    post = blr_posterior(x)
+    cfg = sampler.SMCConfig(Proposal(2, 0.01))
+    sizes = [20] * 8 + [80] * 4
+    common = dict(log_target=make_log_target(post, len(x)), config=cfg, bucket_sizes=(20, 80))
+    key = jax.random.key(1)
+    args = (jnp.asarray(x), jnp.asarray(y), sizes)
+    start = sampler.init(jax.random.key(0), post.prior_std, post.log_prior, 8)
+
+    full, status = loop.run(key, start, *args, **common)
+    assert status == "finished"
+
+    saved, records = {}, []
+
+    def keep(record, st):
+        records.append(record)
+        if st is not None:
+            saved[record["iter"]] = st
+
+    requested = iter([False] * 5 + [True])
+    half, status = loop.run(
+        key, start, *args, **common, callback=keep, should_stop=lambda: next(requested)
+    )
+    assert status == "interrupted" and [r["iter"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert list(saved) == [6]
+    grads, elapsed = records[-1]["example_grads"], records[-1]["time_s"]
+    more = []
+    resumed, status = loop.run(
+        key,
+        saved[6],
+        *args,
+        **common,
+        callback=lambda r, s: more.append(r),
+        start=6,
+        example_grads=grads,
+        elapsed=elapsed,
+    )
+    assert status == "finished" and [r["iter"] for r in more] == list(range(7, 13))
+    assert more[-1]["example_grads"] == 8 * 3 * sum(sizes) and more[0]["time_s"] >= elapsed
+    np.testing.assert_array_equal(np.asarray(resumed.particles), np.asarray(full.particles))
+    np.testing.assert_array_equal(np.asarray(resumed.log_weights), np.asarray(full.log_weights))

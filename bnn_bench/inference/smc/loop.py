@@ -30,22 +30,30 @@ def run(
     bucket_sizes: tuple[int, ...],
     callback: Callable[[dict, sampler.SMCState], bool | None] | None = None,
     sync_every: int = 10,
-    state_every: int = 0,
+    state_at: Callable[[int], bool] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    start: int = 0,
+    example_grads: int = 0,
+    elapsed: float = 0.0,
 ) -> tuple[sampler.SMCState, str]:
-    """Run len(sizes) iterations; returns the final state and "finished" or "diverged".
+    """Run iterations start+1 .. len(sizes); returns the final state and a status.
 
     `callback(record, state)` gets one record per iteration (iter, batch_size, ess, resampled,
     energy_error_mean, energy_error_max, divergent, time_s, example_grads); `state` is the
-    current particle state at iterations divisible by `state_every` (and the last one) and None
-    otherwise. A callback returning True stops the run.
+    current particle state at the last iteration, where `state_at(iteration)` is true, and when
+    `should_stop()` turns true, and None otherwise. A callback returning True stops the run.
+    Status: "finished", "diverged" (every particle), "stopped" (by the callback) or
+    "interrupted" (by `should_stop`). Iteration k's randomness is fold_in(rng_key, k), so a run
+    resumed with `start`, the state at `start` and the counters `example_grads` and `elapsed`
+    (seconds) continues exactly as the uninterrupted run would have.
     """
     num_particles = state.particles.shape[0]
     grads_per_example = config.proposal.num_steps + 1
     num_iterations = len(sizes)
     pending: list[tuple[int, int, sampler.SMCInfo]] = []
-    example_grads = 0
-    t0 = time.perf_counter()
-    for k, size in enumerate(sizes, start=1):
+    t0 = time.perf_counter() - elapsed
+    for k in range(start + 1, num_iterations + 1):
+        size = sizes[k - 1]
         key = jax.random.fold_in(rng_key, k)
         state, info = sampler.step(
             key,
@@ -58,7 +66,8 @@ def run(
             bucket=bucket_for(int(size), bucket_sizes),
         )
         pending.append((k, int(size), info))
-        wants_state = k == num_iterations or (state_every > 0 and k % state_every == 0)
+        stopping = should_stop is not None and should_stop()
+        wants_state = k == num_iterations or stopping or (state_at is not None and state_at(k))
         if not (wants_state or k % sync_every == 0):
             continue
         infos = jax.device_get([p[2] for p in pending])
@@ -85,4 +94,6 @@ def run(
             if stop:
                 return state, "stopped"
         pending.clear()
+        if stopping:
+            return state, "interrupted"
     return state, "finished"
