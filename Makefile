@@ -32,6 +32,10 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# Particle-example gradient throughput (docs/performance.md); ARGS="--models lenet5 --particles 16"
+bench: setup
+	$(BIN)/python scripts/bench_throughput.py --json outputs/bench_throughput.json $(ARGS)
+
 lint: setup
 	$(BIN)/ruff check bnn_bench tests scripts
 	$(BIN)/ruff format --check bnn_bench tests scripts

@@ -81,6 +81,10 @@ class HardwareConfig:
     particle_chunk: int | None = None
     particle_map: str = "auto"
     eval_chunk: int = 2000
+    devices: int = 1
+    cores_per_job: int | None = None
+    compilation_cache: str | None = "outputs/.jax_cache"
+    distributed: bool = False
 
 
 @dataclass
@@ -209,6 +213,10 @@ def validate(cfg) -> None:
         _check("hardware.particle_chunk", pc, pc >= 1, "an integer >= 1 (or null for all)")
     _allowed("hardware.particle_map", h.particle_map, ("auto", "vmap", "unroll"))
     _check("hardware.eval_chunk", h.eval_chunk, h.eval_chunk >= 1, "an integer >= 1")
+    _check("hardware.devices", h.devices, h.devices >= 1, "an integer >= 1")
+    if h.cores_per_job is not None:
+        cpj = h.cores_per_job
+        _check("hardware.cores_per_job", cpj, cpj >= 1, "an integer >= 1 (or null for all)")
     _allowed("logger", cfg.logger.name, ("wandb", "none"))
     _allowed("logger.mode", cfg.logger.mode, ("online", "offline", "disabled"))
     _check("eval_every", cfg.eval_every, cfg.eval_every >= 0, ">= 0 (0: only at the end)")

@@ -7,6 +7,7 @@ input is answered with one line and exit code 2 before Hydra creates any output 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -145,13 +146,25 @@ def check_creatable(key: str, directory: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _configure_jax(cfg: DictConfig) -> None:
+def _configure_jax(cfg: DictConfig, job_num: int) -> list[int] | None:
+    """Cores, platform, dtype, compilation cache, multi-host; returns the pinned cores if any."""
     import jax
 
-    platform = {"gpu": "cuda"}.get(cfg.hardware.platform, cfg.hardware.platform)
+    from bnn_bench import hardware
+
+    h = cfg.hardware
+    cores = hardware.pin_cores(h.cores_per_job, job_num) if h.cores_per_job else None
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no "no TPU" notices
+    platform = {"gpu": "cuda"}.get(h.platform, h.platform)
     jax.config.update("jax_platforms", platform)
-    if cfg.hardware.dtype == "float64":
+    if h.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
+    if h.compilation_cache:
+        hardware.enable_compilation_cache(h.compilation_cache)
+    if h.distributed:
+        jax.distributed.initialize()  # coordinator and process ids from SLURM's environment
+    hardware.check_devices(h.devices, cfg.smc.num_particles)
+    return cores
 
 
 def _output_dir() -> Path:
@@ -255,6 +268,7 @@ def run_smc(
     import jax.numpy as jnp
 
     from bnn_bench.evaluate import evaluate
+    from bnn_bench.hardware import shard_particles
     from bnn_bench.inference.smc import loop, sampler, schedules
     from bnn_bench.inference.smc.proposals import Proposal
     from bnn_bench.posterior import make_log_target
@@ -287,6 +301,8 @@ def run_smc(
         state, meta = checkpoints.read(state)
         counts.update(meta["counts"])
         progress.update(meta["progress"])
+    if cfg.hardware.devices > 1:
+        state, (x, y) = shard_particles(state, (x, y), cfg.hardware.devices)
 
     def test_metrics(st) -> dict[str, float]:
         return evaluate(
@@ -362,8 +378,9 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
 
     from bnn_bench.tracking import WandbRun, new_run_id, truncate_metrics, write_json
 
+    hc = HydraConfig.get()
     validate(cfg)
-    _configure_jax(cfg)
+    cores = _configure_jax(cfg, job_num=hc.job.num if hc.mode.name == "MULTIRUN" else 0)
     out_dir = _output_dir()
     config = OmegaConf.to_container(cfg, resolve=True)
     checkpoints = Checkpoints(out_dir / "checkpoint.npz", config, cfg.checkpoint_every)
@@ -373,7 +390,6 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     posterior = build_posterior(cfg, data)
     truncate_metrics(out_dir / "metrics.jsonl", after=resumed["iteration"] if resumed else 0)
 
-    hc = HydraConfig.get()
     group, job_type, name = wandb_names(
         cfg, multirun=hc.mode.name == "MULTIRUN", sweep_dir=hc.sweep.dir
     )
@@ -386,6 +402,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         "n_train": data.n_train,
         "n_test": int(len(data.y_test)),
         "n_params": posterior.dim,
+        "devices": cfg.hardware.devices,
+        **({"cores": cores} if cores else {}),
     }
     wandb_run = WandbRun(
         mode=cfg.logger.mode if cfg.logger.name == "wandb" else "disabled",
@@ -532,4 +550,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the imported module's main, not this __main__ copy's: Hydra launchers that pickle the
+    # job function (joblib, submitit) need it to live in bnn_bench.run.
+    from bnn_bench.run import main as _main
+
+    _main()

@@ -1,0 +1,68 @@
+"""Hardware set-up for one job: cores, the persistent compilation cache, devices, multi-host.
+
+Called by run.py before any computation (XLA sizes its thread pools from the CPU affinity and
+reads its flags when the backend starts).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bnn_bench.errors import ConfigError
+
+
+def pin_cores(cores_per_job: int, job_num: int) -> list[int]:
+    """Restrict this process to `cores_per_job` of its allowed cores, chosen by the job number.
+
+    Parallel sweep jobs (Hydra's joblib launcher) then share the machine instead of each starting
+    a thread per core; XLA sizes its thread pools from the affinity mask.
+    """
+    cores = sorted(os.sched_getaffinity(0))
+    size = min(cores_per_job, len(cores))
+    slots = len(cores) // size
+    first = (job_num % slots) * size
+    chosen = cores[first : first + size]
+    os.sched_setaffinity(0, chosen)
+    return chosen
+
+
+def enable_compilation_cache(directory: str) -> Path:
+    """JAX's persistent compilation cache: a second run with the same shapes skips compiling."""
+    import jax
+
+    path = Path(directory).expanduser().absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+def check_devices(devices: int, num_particles: int) -> None:
+    """hardware.devices must exist and divide J (particles are split evenly across devices)."""
+    import jax
+
+    available = len(jax.devices())
+    if devices > available:
+        raise ConfigError(
+            f"hardware.devices={devices} is not allowed; this machine has {available} "
+            f"{jax.default_backend()} device(s)"
+        )
+    if num_particles % devices:
+        raise ConfigError(
+            f"hardware.devices={devices} is not allowed; it must divide "
+            f"smc.num_particles={num_particles}"
+        )
+
+
+def shard_particles(particle_tree, replicated_tree, devices: int):
+    """Split the leading (particle) axis of `particle_tree` across the first `devices` devices
+    and replicate `replicated_tree` (the data); jit then partitions every step accordingly."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(jax.devices()[:devices], ("particles",))
+    split = NamedSharding(mesh, PartitionSpec("particles"))
+    whole = NamedSharding(mesh, PartitionSpec())
+    return jax.device_put(particle_tree, split), jax.device_put(replicated_tree, whole)

@@ -1,0 +1,90 @@
+"""Hardware set-up: pinned cores, particles sharded across devices, the compilation cache."""
+
+import json
+import os
+
+import pytest
+from conftest import cli_env
+
+from bnn_bench.hardware import pin_cores
+
+TINY = [
+    "model=linear",
+    "smc.num_particles=8",
+    "smc.num_iterations=12",
+    "schedule.batch_size=200",
+    "logger=none",
+    "progress=false",
+]
+
+
+def results(directory):
+    return json.loads((directory / "results.json").read_text())
+
+
+def test_pin_cores_picks_a_block_per_job():
+    before = os.sched_getaffinity(0)
+    cores = sorted(before)
+    try:
+        assert pin_cores(1, job_num=0) == cores[:1] and os.sched_getaffinity(0) == set(cores[:1])
+        os.sched_setaffinity(0, before)
+        assert pin_cores(1, job_num=len(cores) + 1) == [cores[1 % len(cores)]]
+        os.sched_setaffinity(0, before)
+        assert pin_cores(len(cores) + 5, job_num=3) == cores  # more than there are: all
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+@pytest.mark.slow
+def test_two_host_devices_give_the_results_of_one(tmp_path, run_cli):
+    # XLA's forced host device count splits the CPU into 2 devices; J=8 particles become 2 x 4.
+    env = cli_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    got = {}
+    for devices in (1, 2):
+        out = tmp_path / f"d{devices}"
+        proc = run_cli(*TINY, f"hardware.devices={devices}", f"hydra.run.dir={out}", env=env)
+        assert proc.returncode == 0, proc.stderr
+        got[devices] = results(out)
+    assert got[2]["devices"] == 2
+    for key in ("accuracy", "nll", "ece", "ess_final"):
+        assert got[2][key] == pytest.approx(got[1][key], rel=1e-4, abs=1e-5), key
+    assert got[2]["n_resample"] == got[1]["n_resample"]
+
+    too_many = run_cli(*TINY, "hardware.devices=3", f"hydra.run.dir={tmp_path / 'x'}", env=env)
+    assert too_many.returncode == 2
+    assert "hardware.devices=3 is not allowed; this machine has 2 cpu device(s)" in too_many.stderr
+
+
+@pytest.mark.slow
+def test_two_job_joblib_sweep_pins_each_job_to_its_own_core(tmp_path, run_cli):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hardware.cores_per_job=1",
+        *TINY,
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    jobs = [results(sweep / str(i)) for i in (0, 1)]
+    assert [j["seed"] for j in jobs] == [0, 1]
+    assert all(len(j["cores"]) == 1 for j in jobs)
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert jobs[0]["cores"] != jobs[1]["cores"]
+
+
+@pytest.mark.slow
+def test_a_second_run_reuses_the_compilation_cache(tmp_path, run_cli):
+    cache = tmp_path / "cache"
+    first = run_cli(*TINY, f"hardware.compilation_cache={cache}", f"hydra.run.dir={tmp_path / 'a'}")
+    assert first.returncode == 0, first.stderr
+    entries = set(os.listdir(cache))
+    assert any("step" in name for name in entries)  # the SMC step was compiled and stored
+    second = run_cli(
+        *TINY, f"hardware.compilation_cache={cache}", f"hydra.run.dir={tmp_path / 'b'}"
+    )
+    assert second.returncode == 0, second.stderr
+    assert set(os.listdir(cache)) == entries  # nothing new to compile
+    assert results(tmp_path / "b")["nll"] == results(tmp_path / "a")["nll"]
