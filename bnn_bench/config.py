@@ -207,7 +207,7 @@ def validate(cfg) -> None:
     _check("likelihood.noise_std", nstd, nstd > 0, "> 0")
     h = cfg.hardware
     _allowed("hardware.platform", h.platform, ("cpu", "gpu", "cuda", "tpu"))
-    _allowed("hardware.dtype", h.dtype, ("float32", "float64"))
+    _allowed("hardware.dtype", h.dtype, ("float32", "float64", "bf16"))
     if h.particle_chunk is not None:
         pc = h.particle_chunk
         _check("hardware.particle_chunk", pc, pc >= 1, "an integer >= 1 (or null for all)")

@@ -48,8 +48,13 @@ def make_posterior(
     noise_std: float = 1.0,
     prior_std: float = 1.0,
     prior_scale: str = "none",
+    compute_dtype: str = "float32",
 ) -> Posterior:
-    """Build the flat-weight posterior pieces for `model` on inputs shaped like `example_x`."""
+    """Build the flat-weight posterior pieces for `model` on inputs shaped like `example_x`.
+
+    `compute_dtype="bf16"` runs the network (weights and inputs cast) in bfloat16 while the
+    weights themselves, the prior and the log-likelihood reduction stay in float32.
+    """
     if likelihood not in LIKELIHOODS:
         raise ConfigError(
             f"likelihood={likelihood} is not a likelihood; choose one of: {', '.join(LIKELIHOODS)}"
@@ -70,8 +75,16 @@ def make_posterior(
     inv_var = 1.0 / std_vec**2
     log_norm = -0.5 * jnp.sum(jnp.log(2 * jnp.pi * std_vec**2))
 
-    def apply(theta, x):
-        return model.apply(unravel(theta), x)
+    if compute_dtype == "bf16":
+
+        def apply(theta, x):
+            params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), unravel(theta))
+            return model.apply(params, x.astype(jnp.bfloat16)).astype(theta.dtype)
+
+    else:
+
+        def apply(theta, x):
+            return model.apply(unravel(theta), x)
 
     def log_prior(theta):
         return log_norm - 0.5 * jnp.sum(theta**2 * inv_var)

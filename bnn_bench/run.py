@@ -224,6 +224,7 @@ def build_posterior(cfg: DictConfig, data):
         noise_std=cfg.likelihood.noise_std,
         prior_std=cfg.prior.std,
         prior_scale=cfg.prior.scale,
+        compute_dtype=cfg.hardware.dtype,
     )
 
 

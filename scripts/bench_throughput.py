@@ -49,12 +49,16 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / seconds / 1e9
 
 
-def gradient_paths(model_name: str, batch_size: int, particle_map: str, chunk: int | None):
+def gradient_paths(
+    model_name: str, batch_size: int, particle_map: str, chunk: int | None, dtype: str
+):
     """The three jitted functions (single, naive_vmap, batched) and a data/particle factory."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(batch_size, 28, 28, 1)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32)
-    post = make_posterior(build_model(model_name, 10), x[:1], prior_scale="fan_in", prior_std=1.0)
+    post = make_posterior(
+        build_model(model_name, 10), x[:1], prior_scale="fan_in", prior_std=1.0, compute_dtype=dtype
+    )
     log_target = make_log_target(post, 60_000)
     mask = jnp.ones(batch_size, bool)
     m = jnp.asarray(batch_size, jnp.int32)
@@ -80,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[500, 5000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk", type=int, default=None, help="particles at a time (batched)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bf16"])
     args = parser.parse_args(argv)
 
     on_cpu = jax.default_backend() == "cpu"
@@ -88,14 +93,14 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"matmul float32: {gflops:.0f} GFLOP/s ({jax.default_backend()}, {jax.device_count()} dev)"
     )
-    print(f"batched path: particle_map={particle_map}, chunk={args.chunk}")
+    print(f"batched path: particle_map={particle_map}, chunk={args.chunk}, dtype={args.dtype}")
     records = []
     header = f"{'model':<7} {'J':>3} {'batch':>6} {'path':<11} {'rate':>10} {'per particle':>13}"
     print(header)
     for model_name in args.models:
         for batch in args.batches:
             single, naive, batched, particles, dim = gradient_paths(
-                model_name, batch, particle_map, args.chunk
+                model_name, batch, particle_map, args.chunk, args.dtype
             )
             single_rate = batch / median_seconds(single, (particles(1)[0],), args.repeats)
             for j in args.particles:
@@ -116,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                             "batch_size": batch,
                             "path": path,
                             "rate": rate,
+                            "dtype": args.dtype,
                         }
                     )
                 sys.stdout.flush()

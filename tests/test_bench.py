@@ -22,6 +22,6 @@ def test_bench_throughput_writes_its_records(tmp_path):
     paths = {(r["num_particles"], r["path"]) for r in data["records"]}
     assert paths == {(1, "single"), (2, "single"), (2, "naive_vmap"), (2, "batched")}
     for r in data["records"]:
-        assert set(r) == {"model", "num_particles", "batch_size", "path", "rate"}
+        assert set(r) == {"model", "num_particles", "batch_size", "path", "rate", "dtype"}
         assert r["model"] == "lenet5" and r["batch_size"] == 32 and r["rate"] > 0
     assert "naive_vmap" in proc.stdout  # the printed table

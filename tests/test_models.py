@@ -62,3 +62,22 @@ def test_log_prior_and_scaled_likelihood():
     mask = jnp.arange(10) < 4  # first 4 rows real: scaled by N / |B| = 10 / 4
     value = float(lt(theta, x, y, mask, 4))
     assert value == pytest.approx(float(post.log_prior(theta) + 2.5 * ll[:4].sum()), rel=1e-5)
+
+
+def test_bf16_compute_keeps_float32_weights_and_agrees_with_float32():
+    x = jax.random.normal(jax.random.key(0), (64, 28, 28, 1))
+    y = jnp.arange(64) % 10
+    model = build_model("lenet5", 10)
+    f32 = make_posterior(model, x, prior_scale="fan_in")
+    bf16 = make_posterior(model, x, prior_scale="fan_in", compute_dtype="bf16")
+    theta = f32.sample_prior(jax.random.key(1), 1)[0]
+
+    def vg(post):
+        lt = make_log_target(post, 64)
+        return jax.value_and_grad(lt)(theta, x, y, jnp.ones(64, bool), jnp.asarray(64))
+
+    (v32, g32), (v16, g16) = vg(f32), vg(bf16)
+    assert g16.dtype == jnp.float32 and g16.shape == g32.shape
+    assert float(v16) == pytest.approx(float(v32), rel=2e-2)
+    cos = float(jnp.dot(g16, g32) / (jnp.linalg.norm(g16) * jnp.linalg.norm(g32)))
+    assert cos > 0.99  # the same direction up to bfloat16 rounding
