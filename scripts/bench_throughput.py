@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"batched path: particle_map={particle_map}, chunk={args.chunk}, dtype={args.dtype}")
     records = []
-    header = f"{'model':<7} {'J':>3} {'batch':>6} {'path':<11} {'rate':>10} {'per particle':>13}"
+    header = f"{'model':<7} {'J':>3} {'batch':>6} {'path':<11} {'rate':>10} {'vs single':>10}"
     print(header)
     for model_name in args.models:
         for batch in args.batches:
