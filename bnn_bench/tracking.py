@@ -47,6 +47,22 @@ def write_posterior(path: Path, particles: np.ndarray, log_weights: np.ndarray) 
     atomic_write_bytes(path, buf.getvalue())
 
 
+def write_vi_posterior(path: Path, q, samples) -> None:
+    """Atomically write a VI posterior.npz: q's `mean`, `log_scale`, `factor` (D x r), and
+    `particles` (draws from q, S x D) with uniform `log_weights`, as SMC writes them."""
+    buf = io.BytesIO()
+    samples = np.asarray(samples)
+    np.savez(
+        buf,
+        mean=np.asarray(q.mean),
+        log_scale=np.asarray(q.log_scale),
+        factor=np.asarray(q.factor),
+        particles=samples,
+        log_weights=np.zeros(len(samples), samples.dtype),
+    )
+    atomic_write_bytes(path, buf.getvalue())
+
+
 class MetricsFile:
     """metrics.jsonl: one JSON object per line, flushed as written."""
 
@@ -84,14 +100,14 @@ class Progress:
         self.t0 = time.perf_counter()
         self._next_pct = 5
 
-    def update(self, it: int, batch_size: int, ess: float) -> None:
+    def update(self, it: int, batch_size: int, ess: float, label: str = "ess") -> None:
         if not self.enabled:
             return
         elapsed = time.perf_counter() - self.t0
         eta = elapsed / it * (self.total - it) if it else float("nan")
         pct = 100 * it / self.total
         text = (
-            f"iter {it}/{self.total} | batch {batch_size} | ess {ess:.1f} | "
+            f"iter {it}/{self.total} | batch {batch_size} | {label} {ess:.1f} | "
             f"{_fmt_time(elapsed)} elapsed, eta {_fmt_time(eta)}"
         )
         if self.tty:
