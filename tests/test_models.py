@@ -62,3 +62,19 @@ def test_log_prior_and_scaled_likelihood():
     mask = jnp.arange(10) < 4  # first 4 rows real: scaled by N / |B| = 10 / 4
     value = float(lt(theta, x, y, mask, 4))
     assert value == pytest.approx(float(post.log_prior(theta) + 2.5 * ll[:4].sum()), rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "vit_tiny"])
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)])
+def test_large_models_build_and_run_on_both_input_shapes(name, shape):
+    model = build_model(name, 10)
+    assert model_layout(name) == "image"
+    x = jax.random.normal(jax.random.key(1), (2, *shape))
+    params = jax.jit(model.init)(jax.random.key(0), x[:1])
+    count = sum(p.size for p in jax.tree.leaves(params))
+    # ResNet-18 (CIFAR stem, GroupNorm): 11.17M; ViT-Ti with 4x4 patches: 5.35-5.36M
+    expected = {"resnet18": 11_172_810, "vit_tiny": 5_353_738}[name]
+    assert abs(count - expected) < 0.002 * expected
+    out = jax.jit(model.apply)(params, x)
+    assert out.shape == (2, 10) and bool(jnp.all(jnp.isfinite(out)))
