@@ -4,7 +4,7 @@
 # from per-iteration times measured on this machine (see docs/results/vi.md).
 set -euo pipefail
 OUT=${OUT:-outputs/bench_vi}
-declare -A ITERS=([score_prox]=300 [advi]=480 [gsm]=450 [bam]=420)
+declare -A ITERS=([score_prox]=400 [advi]=400 [gsm]=450 [bam]=420)
 for seed in 0 1 2; do
   for algorithm in score_prox advi gsm bam; do
     nice -n 19 .venv/bin/bnn-bench experiment=fmnist_cnn_vi_reduced vi.algorithm=$algorithm \

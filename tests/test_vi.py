@@ -268,3 +268,16 @@ def test_gsm_rejects_the_lowrank_family(run_cli, tmp_path):
     proc = run_cli("method=vi", "vi.algorithm=gsm", "vi.family=lowrank", "logger=none")
     assert proc.returncode == 2
     assert "vi.family=lowrank" in proc.stderr and "vi.algorithm=gsm" in proc.stderr
+
+
+@pytest.mark.parametrize("name", list(ALGORITHMS))
+def test_a_run_compiles_its_step_once(name):
+    post = make_posterior(build_model("linear", 2), jnp.zeros((1, 3)))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(30, 3)), jnp.float32)
+    y = jnp.arange(30) % 2
+    config = VIConfig(num_samples=2, batch_size=7, prox_growth=0.5, learning_rate=0.003)
+    q0 = family.initial_gaussian(jax.random.key(0), post.prior_std, 0.1)
+    step = ALGORITHMS[name].step
+    before = step._cache_size()
+    fit(name, make_log_target(post, 30), q0, config, 12, x, y)
+    assert step._cache_size() - before == 1
