@@ -28,6 +28,22 @@ class SMCSettings:
 
 
 @dataclass
+class VISettings:
+    algorithm: str = "score_prox"
+    family: str = "diag"
+    rank: int = 1
+    num_iterations: int = 1000
+    batch_size: int = 100
+    num_samples: int = 4
+    prox_weight: float = 1.0
+    prox_growth: float = 1.0
+    inner_steps: int = 10
+    learning_rate: float = 0.001
+    num_predictive_samples: int = 32
+    init_std: float = 0.01
+
+
+@dataclass
 class ScheduleConfig:
     name: str = "ctr"
     batch_size: int = 500
@@ -100,6 +116,7 @@ class LoggerConfig:
 class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     smc: SMCSettings = field(default_factory=SMCSettings)
+    vi: VISettings = field(default_factory=VISettings)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     proposal: ProposalConfig = field(default_factory=ProposalConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -176,7 +193,8 @@ def validate(cfg) -> None:
     tree = OmegaConf.to_container(cfg, resolve=False)
     check_targets(tree)
     check_known_keys(tree, OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
-    _allowed("method", cfg.method.name, ("smc",))
+    _allowed("method", cfg.method.name, ("smc", "vi"))
+    validate_vi(cfg.vi)
     smc = cfg.smc
     _check("smc.num_particles", smc.num_particles, smc.num_particles >= 2, "an integer >= 2")
     _check("smc.num_iterations", smc.num_iterations, smc.num_iterations >= 1, "an integer >= 1")
@@ -225,8 +243,42 @@ def validate(cfg) -> None:
     _check("checkpoint_every", ce, ce >= 0, ">= 0 (0: only on SIGTERM)")
 
 
+def validate_vi(vi) -> None:
+    """Values of the `vi:` section (checked whatever the method, so a sweep fails up front)."""
+    from bnn_bench.inference.vi import ALGORITHM_FAMILIES
+    from bnn_bench.inference.vi.family import FAMILIES
+
+    _allowed("vi.algorithm", vi.algorithm, tuple(ALGORITHM_FAMILIES))
+    _allowed("vi.family", vi.family, FAMILIES)
+    supported = ALGORITHM_FAMILIES[vi.algorithm]
+    if vi.family not in supported:
+        raise ConfigError(
+            f"vi.family={vi.family} is not allowed with vi.algorithm={vi.algorithm}; "
+            f"choose one of: {', '.join(supported)}"
+        )
+    _check("vi.rank", vi.rank, vi.rank >= 1, "an integer >= 1")
+    _check("vi.num_iterations", vi.num_iterations, vi.num_iterations >= 1, "an integer >= 1")
+    _check("vi.batch_size", vi.batch_size, vi.batch_size >= 1, "an integer >= 1")
+    least = 1 if vi.algorithm in ("advi", "gsm") else 2  # variances need two samples
+    _check("vi.num_samples", vi.num_samples, vi.num_samples >= least, f"an integer >= {least}")
+    _check("vi.prox_weight", vi.prox_weight, vi.prox_weight > 0, "> 0")
+    _check("vi.prox_growth", vi.prox_growth, vi.prox_growth >= 0, ">= 0")
+    _check("vi.inner_steps", vi.inner_steps, vi.inner_steps >= 1, "an integer >= 1")
+    _check("vi.learning_rate", vi.learning_rate, vi.learning_rate > 0, "> 0")
+    n = vi.num_predictive_samples
+    _check("vi.num_predictive_samples", n, n >= 1, "an integer >= 1")
+    _check("vi.init_std", vi.init_std, vi.init_std > 0, "> 0")
+
+
 def validate_against_data(cfg, num_data: int) -> None:
     """Checks that need the training-set size N."""
+    if cfg.method.name == "vi" and cfg.vi.batch_size > num_data:
+        raise ConfigError(
+            f"vi.batch_size={cfg.vi.batch_size} is not allowed; it must be between 1 and "
+            f"N={num_data} (the training-set size of dataset={cfg.dataset.name})"
+        )
+    if cfg.method.name != "smc":
+        return
     c = cfg.schedule.batch_size
     if cfg.schedule.name != "full" and c > num_data:
         raise ConfigError(

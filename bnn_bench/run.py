@@ -255,6 +255,10 @@ class Reporter:
         self.wandb.log(record, step=record["iter"])
         if "ess" in record:
             self.progress.update(record["iter"], record.get("batch_size", 0), record["ess"])
+        elif "neg_elbo" in record:
+            self.progress.update(
+                record["iter"], record["batch_size"], record["neg_elbo"], label="neg_elbo"
+            )
 
     def close(self) -> None:
         self.progress.close()
@@ -370,7 +374,131 @@ def run_smc(
     return results
 
 
-METHODS = {"smc": run_smc}
+def run_vi(
+    cfg: DictConfig, data, posterior, reporter: Reporter, out_dir: Path, checkpoints: Checkpoints
+) -> dict[str, Any]:
+    """Score-based VI (vi.algorithm): returns the results.json fields specific to the method."""
+    import resource
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from bnn_bench.evaluate import evaluate
+    from bnn_bench.inference.vi import ALGORITHMS, family, loop
+    from bnn_bench.posterior import make_log_target
+    from bnn_bench.tracking import read_metrics, write_vi_posterior
+
+    vi = cfg.vi
+    n = data.n_train
+    rank = vi.rank if vi.family == "lowrank" else 0
+    config = family.VIConfig(
+        num_samples=vi.num_samples,
+        batch_size=min(vi.batch_size, n),
+        prox_weight=vi.prox_weight,
+        prox_growth=vi.prox_growth,
+        inner_steps=vi.inner_steps,
+        learning_rate=vi.learning_rate,
+        family=vi.family,
+        rank=rank,
+        sample_map="unroll" if particle_map(cfg) == "unroll" else "scan",
+    )
+    algorithm = ALGORITHMS[vi.algorithm]
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    key_init, key_run, key_pred = jax.random.split(jax.random.key(cfg.seed), 3)
+    q0 = family.initial_gaussian(key_init, posterior.prior_std, vi.init_std, rank)
+    state = algorithm.init(q0, config)
+    history: list[dict[str, Any]] = []
+    progress = {"example_grads": 0, "elapsed": 0.0, "rejected_run": 0}
+    if checkpoints.resumed is not None:
+        state, meta = checkpoints.read(state)  # q and the optimiser state
+        progress.update(meta["progress"])
+        history = read_metrics(out_dir / "metrics.jsonl")
+
+    def test_metrics(q) -> dict[str, float]:
+        samples = family.sample(key_pred, q, vi.num_predictive_samples)
+        return evaluate(
+            posterior,
+            samples,
+            jnp.zeros(vi.num_predictive_samples),
+            data.x_test,
+            data.y_test,
+            chunk_size=cfg.hardware.eval_chunk,
+            particle_chunk=cfg.hardware.particle_chunk,
+            particle_map=particle_map(cfg),
+        )
+
+    def callback(record, st):
+        k = record["iter"]
+        history.append(record)
+        if st is not None and cfg.eval_every and k % cfg.eval_every == 0:
+            record.update({f"test_{name}": v for name, v in test_metrics(st.q).items()})
+        reporter.record(record)
+        if st is not None and (checkpoints.due(k) or STOP.is_set()):
+            done = {key: record[key] for key in ("example_grads", "rejected_run")}
+            done["elapsed"] = record["time_s"]
+            checkpoints.write(st, k, progress=done, wandb_id=reporter.run_id)
+
+    state, status = loop.run(
+        key_run,
+        algorithm,
+        state,
+        x,
+        y,
+        vi.num_iterations,
+        log_target=make_log_target(posterior, n),
+        config=config,
+        callback=callback,
+        sync_every=cfg.log_every,
+        state_at=lambda k: checkpoints.due(k) or bool(cfg.eval_every and k % cfg.eval_every == 0),
+        should_stop=STOP.is_set,
+        start=checkpoints.resumed["iteration"] if checkpoints.resumed else 0,
+        **progress,
+    )
+    last = history[-1]["iter"] if history else 0
+    if status == "diverged":
+        raise RunDiverged(
+            f"diverged: the {vi.algorithm} update was not finite 10 times in a row by "
+            f"iteration {last}; try a larger vi.prox_weight or a smaller vi.learning_rate"
+        )
+    if status == "interrupted":
+        raise RunInterrupted(
+            f"interrupted by SIGTERM at iteration {last}; checkpoint written; "
+            f"continue with resume=true hydra.run.dir={out_dir}"
+        )
+    results = test_metrics(state.q)
+    if cfg.save_posterior:
+        samples = family.sample(key_pred, state.q, vi.num_predictive_samples)
+        write_vi_posterior(out_dir / "posterior.npz", state.q, samples)
+    tail = history[-max(1, len(history) // 10) :]  # the last 10% of iterations
+    results.update(
+        algorithm=vi.algorithm,
+        family=vi.family,
+        rank=rank,
+        num_samples=vi.num_samples,
+        batch_size=config.batch_size,
+        iterations=len(history),
+        example_grads=history[-1]["example_grads"] if history else 0,
+        neg_elbo=float(np.mean([r["neg_elbo"] for r in tail])),
+        score_loss=float(np.mean([r["score_loss"] for r in tail])),
+        n_rejected=sum(int(r["rejected"]) for r in history),
+        peak_rss_mb=peak_rss_mb(resource),
+    )
+    return results
+
+
+def peak_rss_mb(resource) -> float:
+    """Peak resident memory of this process in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def num_iterations(cfg: DictConfig) -> int:
+    """The iteration count of the configured method (the progress bar's total)."""
+    return cfg.vi.num_iterations if cfg.method.name == "vi" else cfg.smc.num_iterations
+
+
+METHODS = {"smc": run_smc, "vi": run_vi}
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
@@ -419,7 +547,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         resume=resumed is not None,
     )
     start = resumed["iteration"] if resumed else 0
-    reporter = Reporter(out_dir, cfg, cfg.smc.num_iterations, wandb_run, start=start)
+    reporter = Reporter(out_dir, cfg, num_iterations(cfg), wandb_run, start=start)
     t0 = time.perf_counter()
     exit_code = 1
     try:
@@ -488,9 +616,15 @@ def wandb_names(cfg: DictConfig, *, multirun: bool, sweep_dir: str) -> tuple[str
     group per sweep), else "default". job_type: method/schedule.
     """
     group = cfg.logger.group or cfg.experiment or (Path(sweep_dir).name if multirun else "default")
-    schedule = cfg.get("schedule", {}).get("name")
+    if cfg.method.name == "vi":  # job_type: vi/algorithm
+        schedule, proposal = cfg.vi.algorithm, None
+    else:
+        schedule, proposal = (
+            cfg.get("schedule", {}).get("name"),
+            cfg.get("proposal", {}).get("name"),
+        )
     job_type = "/".join(str(v) for v in (cfg.method.name, schedule) if v)
-    parts = [job_type.replace("/", "-"), cfg.get("proposal", {}).get("name"), f"seed{cfg.seed}"]
+    parts = [job_type.replace("/", "-"), proposal, f"seed{cfg.seed}"]
     return str(group), job_type, "-".join(str(p) for p in parts if p)
 
 
@@ -501,6 +635,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _print_summary(results: dict[str, Any], out_dir: Path) -> None:
     keys = ("accuracy", "rmse", "nll", "ece", "brier", "runtime_s", "example_grads", "ess_final")
+    keys += ("neg_elbo", "peak_rss_mb")
     shown = ", ".join(
         f"{k}={results[k]:.4g}" if isinstance(results[k], float) else f"{k}={results[k]}"
         for k in keys

@@ -62,6 +62,30 @@ def truncate_metrics(path: Path, after: int) -> None:
     atomic_write_bytes(path, "".join(kept).encode())
 
 
+def write_vi_posterior(path: Path, q, samples) -> None:
+    """Atomically write a VI posterior.npz: q's `mean`, `log_scale`, `factor` (D x r), and
+    `particles` (draws from q, S x D) with uniform `log_weights`, as SMC writes them."""
+    buf = io.BytesIO()
+    samples = np.asarray(samples)
+    np.savez(
+        buf,
+        mean=np.asarray(q.mean),
+        log_scale=np.asarray(q.log_scale),
+        factor=np.asarray(q.factor),
+        particles=samples,
+        log_weights=np.zeros(len(samples), samples.dtype),
+    )
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's records (a resumed run's history)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
 class MetricsFile:
     """metrics.jsonl: one JSON object per line, flushed as written."""
 
@@ -100,7 +124,7 @@ class Progress:
         self.t0 = time.perf_counter()
         self._next_pct = 5
 
-    def update(self, it: int, batch_size: int, ess: float) -> None:
+    def update(self, it: int, batch_size: int, ess: float, label: str = "ess") -> None:
         if not self.enabled:
             return
         elapsed = time.perf_counter() - self.t0
@@ -108,7 +132,7 @@ class Progress:
         eta = elapsed / done * (self.total - it) if done > 0 else float("nan")
         pct = 100 * it / self.total
         text = (
-            f"iter {it}/{self.total} | batch {batch_size} | ess {ess:.1f} | "
+            f"iter {it}/{self.total} | batch {batch_size} | {label} {ess:.1f} | "
             f"{_fmt_time(elapsed)} elapsed, eta {_fmt_time(eta)}"
         )
         if self.tty:

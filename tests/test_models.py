@@ -81,3 +81,19 @@ def test_bf16_compute_keeps_float32_weights_and_agrees_with_float32():
     assert float(v16) == pytest.approx(float(v32), rel=2e-2)
     cos = float(jnp.dot(g16, g32) / (jnp.linalg.norm(g16) * jnp.linalg.norm(g32)))
     assert cos > 0.99  # the same direction up to bfloat16 rounding
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "vit_tiny"])
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)])
+def test_large_models_build_and_run_on_both_input_shapes(name, shape):
+    model = build_model(name, 10)
+    assert model_layout(name) == "image"
+    x = jax.random.normal(jax.random.key(1), (2, *shape))
+    params = jax.jit(model.init)(jax.random.key(0), x[:1])
+    count = sum(p.size for p in jax.tree.leaves(params))
+    # ResNet-18 (CIFAR stem, GroupNorm): 11.17M; ViT-Ti with 4x4 patches: 5.35-5.36M
+    expected = {"resnet18": 11_172_810, "vit_tiny": 5_353_738}[name]
+    assert abs(count - expected) < 0.002 * expected
+    out = jax.jit(model.apply)(params, x)
+    assert out.shape == (2, 10) and bool(jnp.all(jnp.isfinite(out)))
