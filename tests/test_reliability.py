@@ -242,3 +242,46 @@ def test_no_pickle_in_the_package():
     for path in package.rglob("*.py"):
         text = path.read_text()
         assert "allow_pickle=True" not in text and "import pickle" not in text, path
+
+
+VI_LONG = [
+    "method=vi",
+    "model=linear",
+    "vi.num_iterations=3000",
+    "vi.batch_size=50",
+    "vi.num_samples=2",
+    "vi.num_predictive_samples=4",
+    "checkpoint_every=0",
+    "log_every=50",
+    "logger=none",
+    "progress=false",
+]
+
+
+@pytest.mark.slow
+def test_vi_sigterm_then_resume_ends_as_if_never_stopped(tmp_path, run_cli):
+    ref = tmp_path / "ref"
+    proc = run_cli(*VI_LONG, f"hydra.run.dir={ref}")
+    assert proc.returncode == 0, proc.stderr
+
+    out = tmp_path / "run"
+    job = subprocess.Popen(
+        [*CLI, *VI_LONG, f"hydra.run.dir={out}"],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(out / "metrics.jsonl", job)
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 143, stderr
+    assert results(out)["status"] == "interrupted" and (out / "checkpoint.npz").exists()
+
+    resumed = run_cli(*VI_LONG, "resume=true", f"hydra.run.dir={out}")
+    assert resumed.returncode == 0, resumed.stderr
+    got, want = results(out), results(ref)
+    keys = ("accuracy", "nll", "ece", "neg_elbo", "score_loss", "iterations", "example_grads")
+    assert {k: got[k] for k in keys} == {k: want[k] for k in keys}
+    assert [r["iter"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, 3001))
