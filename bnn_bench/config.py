@@ -144,9 +144,8 @@ def _check(key: str, value, ok: bool, allowed: str) -> None:
 
 def validate(cfg) -> None:
     """Reject impossible values before any work starts (dataset-size checks happen at load)."""
-    from bnn_bench.inference.smc.proposals import PROPOSALS
+    from bnn_bench.inference.smc.proposals import MASSES, PROPOSALS
     from bnn_bench.inference.smc.sampler import RESAMPLERS, WEIGHTS
-    from bnn_bench.inference.smc.proposals import MASSES
     from bnn_bench.inference.smc.schedules import SCHEDULES, SIGNALS
 
     _allowed("method", cfg.method.name, ("smc",))
