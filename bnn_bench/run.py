@@ -432,6 +432,8 @@ def run_smc_scheduled(
     results.update(
         schedule=plan.name,
         proposal=cfg.proposal.name,
+        adapt_step_size=bool(cfg.proposal.adapt_step_size),
+        mass=cfg.proposal.mass,
         num_particles=smc.num_particles,
         step_size=float(run_state.tuning.step_size),
         **run_counts,
