@@ -39,7 +39,7 @@ class ScheduleConfig:
     window: int = 5
     growth: float = 2.0
     refine_iterations: int | None = None
-    signal: str = "entropy"
+    signal: str = "loglik"
     loglik_tol: float = 0.01
 
 

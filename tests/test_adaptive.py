@@ -112,7 +112,7 @@ def test_ctr_adaptive_without_a_signal_switches_at_the_deadline():
     plan = SchedulePlan(
         "ctr_adaptive", num_data=1000, num_iterations=40, batch_size=100, refine_iterations=8
     )
-    sizes, stop_at = drive(plan, lambda k: stats(entropy=float(k)))
+    sizes, stop_at = drive(plan, lambda k: stats(entropy=float(k), loglik=float(k)))
     assert sizes == [100] * 32 + [1000] * 8 and stop_at == 40  # the same as ctr with r = 0.8
     assert schedules.reachable_batch_sizes(plan) == (100, 1000)
 

@@ -96,7 +96,7 @@ class SchedulePlan(NamedTuple):
     window: int = 5  # w
     growth: float = 2.0  # M <- min(N, ceil(growth * M))
     refine_iterations: int = 8  # ctr_adaptive: full-batch iterations after the switch
-    signal: str = "entropy"  # ctr_adaptive's switch signal, one of SIGNALS
+    signal: str = "loglik"  # ctr_adaptive's switch signal, one of SIGNALS
     loglik_tol: float = 0.01  # signal=loglik: nats per example gained over the last window
     refine_at: float = 0.9  # r of the fixed schedules (ctr, linear)
     slope: float | None = None  # kappa of linear
