@@ -49,6 +49,14 @@ class ScheduleConfig:
     batch_size: int = 500
     refine_at: float = 0.9
     slope: float | None = None
+    # adaptive schedules (automated, sda, ctr_adaptive; docs/algorithms.md)
+    noise_tol: float = 1.0
+    entropy_tol: float = 0.01
+    window: int = 5
+    growth: float = 2.0
+    refine_iterations: int | None = None
+    signal: str = "loglik"
+    loglik_tol: float = 0.01
 
 
 @dataclass
@@ -56,6 +64,12 @@ class ProposalConfig:
     name: str = "hmc"
     num_steps: int = 3
     step_size: float = 0.002
+    adapt_step_size: bool = False
+    target_accept: float = 0.65
+    adapt_rate: float = 1.0
+    mass: str = "identity"
+    max_steps: int = 10
+    learning_rate: float = 0.05
 
 
 @dataclass
@@ -186,9 +200,9 @@ def validate(cfg) -> None:
     """Reject impossible values before any work starts (dataset-size checks happen at load)."""
     from omegaconf import OmegaConf
 
-    from bnn_bench.inference.smc.proposals import PROPOSALS
+    from bnn_bench.inference.smc.proposals import MASSES, PROPOSALS
     from bnn_bench.inference.smc.sampler import RESAMPLERS, WEIGHTS
-    from bnn_bench.inference.smc.schedules import SCHEDULES
+    from bnn_bench.inference.smc.schedules import SCHEDULES, SIGNALS
 
     tree = OmegaConf.to_container(cfg, resolve=False)
     check_targets(tree)
@@ -208,10 +222,25 @@ def validate(cfg) -> None:
     _check("schedule.refine_at", s.refine_at, 0 < s.refine_at <= 1, "in (0, 1]")
     if s.slope is not None:
         _check("schedule.slope", s.slope, s.slope >= 0, ">= 0 (or null for the default)")
+    _check("schedule.noise_tol", s.noise_tol, s.noise_tol >= 0, ">= 0")
+    _check("schedule.entropy_tol", s.entropy_tol, s.entropy_tol >= 0, ">= 0")
+    _check("schedule.window", s.window, s.window >= 1, "an integer >= 1")
+    _check("schedule.growth", s.growth, s.growth > 1, "> 1")
+    if s.refine_iterations is not None:
+        ri = s.refine_iterations
+        _check("schedule.refine_iterations", ri, ri >= 1, "an integer >= 1 (or null)")
+    _allowed("schedule.signal", s.signal, SIGNALS)
     p = cfg.proposal
     _allowed("proposal", p.name, PROPOSALS)
     _check("proposal.num_steps", p.num_steps, p.num_steps >= 1, "an integer >= 1")
     _check("proposal.step_size", p.step_size, p.step_size > 0, "> 0")
+    ta = p.target_accept
+    _check("proposal.target_accept", ta, 0 < ta < 1, "in (0, 1)")
+    _check("proposal.adapt_rate", p.adapt_rate, p.adapt_rate > 0, "> 0")
+    _allowed("proposal.mass", p.mass, MASSES)
+    _check("proposal.max_steps", p.max_steps, p.max_steps >= 1, "an integer >= 1")
+    lr = p.learning_rate
+    _check("proposal.learning_rate", lr, lr > 0, "> 0")
     d = cfg.dataset
     _check("dataset.test_fraction", d.test_fraction, 0 < d.test_fraction < 1, "in (0, 1)")
     if d.n_train is not None:

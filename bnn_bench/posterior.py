@@ -114,16 +114,19 @@ def make_posterior(
     )
 
 
-def make_log_target(posterior: Posterior, num_data: int) -> Callable:
+def make_log_target(posterior: Posterior, num_data: int, *, terms: bool = False) -> Callable:
     """Return l_B(theta, x_b, y_b, mask, batch_size): log-prior + N/|B| * masked batch log-lik.
 
     `batch_size` is the true |B| (a traced scalar); padded rows have mask 0 and add nothing.
+    With `terms=True` it returns (l_B, per-example log-likelihoods, 0 on padded rows), the form
+    jax.value_and_grad(..., has_aux=True) takes.
     """
 
     def log_target(theta, x, y, mask, batch_size):
-        ll = posterior.log_likelihood(theta, x, y)
+        ll = jnp.where(mask, posterior.log_likelihood(theta, x, y), 0.0)
         scale = num_data / batch_size
-        return posterior.log_prior(theta) + scale * jnp.sum(jnp.where(mask, ll, 0.0))
+        value = posterior.log_prior(theta) + scale * jnp.sum(ll)
+        return (value, ll) if terms else value
 
     return log_target
 

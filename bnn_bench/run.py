@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -281,6 +282,8 @@ def run_smc(
 
     s, smc = cfg.schedule, cfg.smc
     n = data.n_train
+    if s.name in schedules.ADAPTIVE_SCHEDULES or proposal_from_config(cfg).adaptive:
+        return run_smc_scheduled(cfg, data, posterior, reporter, out_dir, checkpoints)
     sizes = schedules.batch_sizes(
         s.name,
         num_data=n,
@@ -369,6 +372,160 @@ def run_smc(
         example_grads=int(
             smc.num_particles * (cfg.proposal.num_steps + 1) * sizes[: counts["iterations"]].sum()
         ),
+        **counts,
+    )
+    return results
+
+
+def proposal_from_config(cfg: DictConfig):
+    from bnn_bench.inference.smc.proposals import Proposal
+
+    p = cfg.proposal
+    return Proposal(
+        num_steps=p.num_steps,
+        step_size=p.step_size,
+        name=p.name,
+        adapt_step_size=p.adapt_step_size,
+        target_accept=p.target_accept,
+        adapt_rate=p.adapt_rate,
+        mass=p.mass,
+        max_steps=p.max_steps,
+        learning_rate=p.learning_rate,
+    )
+
+
+def schedule_plan(cfg: DictConfig, num_data: int):
+    """The schedule's static plan; refine_iterations null means K - floor(refine_at K) (as ctr)."""
+    from bnn_bench.inference.smc import schedules
+
+    s, k = cfg.schedule, cfg.smc.num_iterations
+    refine = s.refine_iterations
+    if refine is None:
+        refine = max(1, k - schedules.refine_start(k, s.refine_at))
+    return schedules.SchedulePlan(
+        name=s.name,
+        num_data=num_data,
+        num_iterations=k,
+        batch_size=s.batch_size,
+        noise_tol=s.noise_tol,
+        entropy_tol=s.entropy_tol,
+        window=s.window,
+        growth=s.growth,
+        refine_iterations=refine,
+        signal=s.signal,
+        loglik_tol=s.loglik_tol,
+        refine_at=s.refine_at,
+        slope=s.slope,
+    )
+
+
+def run_smc_scheduled(
+    cfg: DictConfig, data, posterior, reporter: Reporter, out_dir: Path, checkpoints: Checkpoints
+) -> dict[str, Any]:
+    """SMC whose batch size (adaptive schedules) or move (tuned proposals) adapts on the device."""
+    import jax
+    import jax.numpy as jnp
+
+    from bnn_bench.evaluate import evaluate
+    from bnn_bench.inference.smc import loop, sampler, schedules
+    from bnn_bench.posterior import make_log_target
+    from bnn_bench.tracking import write_posterior
+
+    smc, n = cfg.smc, data.n_train
+    plan = schedule_plan(cfg, n)
+    config = sampler.SMCConfig(
+        proposal=proposal_from_config(cfg),
+        resample_threshold=smc.resample_threshold,
+        resampler=smc.resampler,
+        weights=smc.weights,
+        chunk_size=cfg.hardware.particle_chunk,
+        particle_map=particle_map(cfg),
+    )
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    key_init, key_run = jax.random.split(jax.random.key(cfg.seed))
+    state = sampler.init(key_init, posterior.prior_std, posterior.log_prior, smc.num_particles)
+    run_state = sampler.init_run(state, plan, config.proposal)
+    counts = {"n_resample": 0, "ess_final": float(smc.num_particles)}
+    resumed = {"counts": None, "elapsed": 0.0}
+    if checkpoints.resumed is not None:
+        run_state, meta = checkpoints.read(run_state)  # particles, schedule state, tuning
+        counts.update(meta["counts"])
+        resumed.update(counts=meta["run_counts"], elapsed=meta["elapsed"])
+
+    def test_metrics(st) -> dict[str, float]:
+        return evaluate(
+            posterior,
+            st.particles,
+            st.log_weights,
+            data.x_test,
+            data.y_test,
+            chunk_size=cfg.hardware.eval_chunk,
+            particle_chunk=cfg.hardware.particle_chunk,
+            particle_map=config.particle_map,
+        )
+
+    def callback(record, rs):
+        k = record["iter"]
+        counts["n_resample"] += int(record["resampled"])
+        counts["ess_final"] = record["ess"]
+        if rs is not None and cfg.eval_every and k % cfg.eval_every == 0:
+            record.update({f"test_{name}": v for name, v in test_metrics(rs.smc).items()})
+        reporter.record(record)
+        if rs is not None and (checkpoints.due(k) or STOP.is_set()):
+            run_counts = {"iterations": k, "example_grads": record["example_grads"]}
+            run_counts["wasted_steps"] = record["wasted_steps"]
+            checkpoints.write(
+                rs,
+                k,
+                counts=counts,
+                run_counts=run_counts,
+                elapsed=record["time_s"],
+                wandb_id=reporter.run_id,
+            )
+
+    bucket_sizes = schedules.buckets(n, cfg.schedule.batch_size)
+    if plan.name in schedules.ADAPTIVE_SCHEDULES:  # only the buckets the schedule can reach
+        reachable = schedules.reachable_batch_sizes(plan)
+        bucket_sizes = tuple(sorted({schedules.bucket_for(m, bucket_sizes) for m in reachable}))
+    run_state, status, run_counts = loop.run_scheduled(
+        key_run,
+        run_state,
+        x,
+        y,
+        log_target=make_log_target(posterior, n, terms=True),
+        config=config,
+        plan=plan,
+        bucket_sizes=bucket_sizes,
+        callback=callback,
+        sync_every=cfg.log_every,
+        state_every=math.gcd(cfg.eval_every, checkpoints.every),
+        should_stop=STOP.is_set,
+        counts=resumed["counts"],
+        elapsed=resumed["elapsed"],
+    )
+    if status == "diverged":
+        raise RunDiverged(
+            f"every particle diverged by iteration {run_counts['iterations']}: "
+            f"try a smaller proposal.step_size (now {cfg.proposal.step_size})"
+        )
+    if status == "interrupted":
+        raise RunInterrupted(
+            f"interrupted by SIGTERM at iteration {run_counts['iterations']}; checkpoint "
+            f"written; continue with resume=true hydra.run.dir={out_dir}"
+        )
+    results = test_metrics(run_state.smc)
+    if cfg.save_posterior:
+        write_posterior(
+            out_dir / "posterior.npz", run_state.smc.particles, run_state.smc.log_weights
+        )
+    results.update(
+        schedule=plan.name,
+        proposal=cfg.proposal.name,
+        adapt_step_size=bool(cfg.proposal.adapt_step_size),
+        mass=cfg.proposal.mass,
+        num_particles=smc.num_particles,
+        step_size=float(run_state.tuning.step_size),
+        **run_counts,
         **counts,
     )
     return results

@@ -167,3 +167,25 @@ def test_regression_run(run_cli, tmp_path):
     res = json.loads((out / "results.json").read_text())
     # The data's noise is 0.5: a converged posterior predicts with RMSE close to it.
     assert res["rmse"] < 0.65 and "accuracy" not in res
+
+
+@pytest.mark.slow
+def test_sda_with_adapted_step_size_stops_early_and_reports_iterations(run_cli, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(
+        "smc.num_particles=8", "smc.num_iterations=60", "logger=none", "log_every=4",
+        "schedule=sda", "schedule.batch_size=400", "schedule.window=2", "schedule.entropy_tol=0.5",
+        "proposal.adapt_step_size=true", "eval_every=4", f"hydra.run.dir={out}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert results["status"] == "finished" and results["schedule"] == "sda"
+    assert results["iterations"] == len(rows) == rows[-1]["iter"] < 60
+    assert [r["iter"] for r in rows] == list(range(1, len(rows) + 1))
+    assert rows[-1]["batch_size"] == results["n_train"]  # it stopped on the full data
+    sizes = [r["batch_size"] for r in rows]
+    assert sizes == sorted(sizes) and sizes[0] == 400
+    assert results["example_grads"] == rows[-1]["example_grads"] == 8 * 4 * sum(sizes)
+    assert results["adapt_step_size"] and results["step_size"] != 0.002
+    assert "test_accuracy" in rows[3]

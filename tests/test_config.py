@@ -11,8 +11,8 @@ from bnn_bench.run import CONFIG_DIR
 
 GROUPS = {
     "method": {"smc"},
-    "schedule": {"full", "constant", "ctr", "linear"},
-    "proposal": {"hmc", "langevin"},
+    "schedule": {"full", "constant", "ctr", "linear", "automated", "sda", "ctr_adaptive"},
+    "proposal": {"hmc", "langevin", "chees"},
     "dataset": {"digits", "fashion_mnist", "mnist", "npz", "synthetic_regression"},
     "model": {"linear", "mlp", "lenet5", "cnn"},
     "likelihood": {"categorical", "gaussian"},
@@ -101,3 +101,34 @@ def test_particle_map_auto_unrolls_convolutions_on_cpu_only(composer):
     assert particle_map(composer("model=cnn")) == "unroll"
     assert particle_map(composer("model=lenet5", "hardware=gpu")) == "vmap"
     assert particle_map(composer("model=cnn", "hardware.particle_map=vmap")) == "vmap"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("schedule.signal=foo", "schedule.signal=foo is not allowed; choose one of: entropy"),
+        ("schedule.growth=1", "schedule.growth=1.0 is not allowed; it must be > 1"),
+        ("schedule.window=0", "schedule.window=0 is not allowed"),
+        ("schedule.refine_iterations=0", "schedule.refine_iterations=0 is not allowed"),
+        ("proposal.mass=full", "proposal.mass=full is not allowed; choose one of: identity, diag"),
+        ("proposal.target_accept=1.5", "proposal.target_accept=1.5 is not allowed"),
+        ("proposal.max_steps=0", "proposal.max_steps=0 is not allowed"),
+    ],
+)
+def test_adaptive_keys_are_validated(composer, override, message):
+    from bnn_bench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        validate(composer(override))
+
+
+def test_adaptive_plan_and_proposal_from_config(composer):
+    from bnn_bench.run import proposal_from_config, schedule_plan
+
+    cfg = composer("schedule=ctr_adaptive", "smc.num_iterations=80", "proposal=chees")
+    plan = schedule_plan(cfg, 1000)
+    assert (plan.name, plan.refine_iterations, plan.num_data) == ("ctr_adaptive", 8, 1000)
+    assert schedule_plan(composer("schedule.refine_iterations=3"), 10).refine_iterations == 3
+    proposal = proposal_from_config(cfg)
+    assert proposal.name == "chees" and proposal.adaptive
+    assert not proposal_from_config(composer()).adaptive

@@ -285,3 +285,48 @@ def test_vi_sigterm_then_resume_ends_as_if_never_stopped(tmp_path, run_cli):
     keys = ("accuracy", "nll", "ece", "neg_elbo", "score_loss", "iterations", "example_grads")
     assert {k: got[k] for k in keys} == {k: want[k] for k in keys}
     assert [r["iter"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, 3001))
+
+
+ADAPTIVE_LONG = [
+    "model=linear",
+    "schedule=ctr_adaptive",
+    "schedule.batch_size=100",
+    "proposal.adapt_step_size=true",
+    "smc.num_particles=8",
+    "smc.num_iterations=3000",
+    "checkpoint_every=0",
+    "log_every=50",
+    "logger=none",
+    "progress=false",
+]
+
+
+@pytest.mark.slow
+def test_adaptive_schedule_sigterm_then_resume_ends_as_if_never_stopped(tmp_path, run_cli):
+    # The schedule state and the adapted step size live on the device and in the checkpoint.
+    ref = tmp_path / "ref"
+    proc = run_cli(*ADAPTIVE_LONG, f"hydra.run.dir={ref}")
+    assert proc.returncode == 0, proc.stderr
+
+    out = tmp_path / "run"
+    job = subprocess.Popen(
+        [*CLI, *ADAPTIVE_LONG, f"hydra.run.dir={out}"],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(out / "metrics.jsonl", job)
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 143, stderr
+    assert results(out)["status"] == "interrupted"
+
+    resumed = run_cli(*ADAPTIVE_LONG, "resume=true", f"hydra.run.dir={out}")
+    assert resumed.returncode == 0, resumed.stderr
+    got, want = results(out), results(ref)
+    keys = (*COMPARED, "example_grads", "step_size")
+    assert {k: got[k] for k in keys} == {k: want[k] for k in keys}
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["iter"] for r in rows] == list(range(1, want["iterations"] + 1))

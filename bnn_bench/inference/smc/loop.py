@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bnn_bench.inference.smc import sampler
+from bnn_bench.inference.smc import sampler, schedules
 from bnn_bench.inference.smc.schedules import bucket_for
 
 
@@ -97,3 +97,128 @@ def run(
         if stopping:
             return state, "interrupted"
     return state, "finished"
+
+
+def run_scheduled(
+    rng_key: jax.Array,
+    run_state: sampler.RunState,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    log_target: Callable,
+    config: sampler.SMCConfig,
+    plan: schedules.SchedulePlan,
+    bucket_sizes: tuple[int, ...],
+    callback: Callable[[dict, sampler.RunState], bool | None] | None = None,
+    sync_every: int = 10,
+    state_every: int = 0,
+    should_stop: Callable[[], bool] | None = None,
+    counts: dict | None = None,
+    elapsed: float = 0.0,
+) -> tuple[sampler.RunState, str, dict]:
+    """Run an adaptive schedule and/or tuned proposal; returns (state, status, counts).
+
+    The schedule state and the proposal tuning live on the device: each step computes its own
+    batch size and the next one. The host syncs every `sync_every` dispatched steps, reads the
+    batch size the schedule asks for next and dispatches the following steps with the smallest
+    bucket that holds it. A step whose bucket is too small, or that comes after the schedule
+    stopped, is a no-op on the device (not counted as an iteration), so results do not depend on
+    `sync_every`; such steps are counted in `wasted_steps`. For fixed schedules the host knows
+    every M_k in advance and never wastes a step.
+
+    status: "finished" (K iterations), "stopped" (the schedule stopped early, or the callback
+    asked to), "interrupted" (`should_stop()` turned true; the callback got the state at the last
+    iteration done) or "diverged". counts: iterations, example_grads (J * M_k * (n_k + 1) summed
+    over the iterations done), wasted_steps. A run resumed from a checkpoint passes the saved
+    `run_state` (its iteration, schedule and tuning live on the device), `counts` and `elapsed`.
+    """
+    num_particles = run_state.smc.particles.shape[0]
+    num_iterations = plan.num_iterations
+    fixed = None
+    if plan.name in schedules.FIXED_SCHEDULES:
+        fixed = schedules.batch_sizes(
+            plan.name,
+            num_data=plan.num_data,
+            num_iterations=num_iterations,
+            batch_size=plan.batch_size,
+            refine_at=plan.refine_at,
+            slope=plan.slope,
+        )
+    counts = dict(counts or {"iterations": 0, "example_grads": 0, "wasted_steps": 0})
+    if counts["iterations"] >= num_iterations:
+        return run_state, "finished", counts
+    wanted = (
+        int(run_state.schedule.batch_size) if fixed is None else int(fixed[counts["iterations"]])
+    )
+    t0 = time.perf_counter() - elapsed
+    while counts["iterations"] < num_iterations:
+        done = counts["iterations"]
+        segment = min(sync_every, num_iterations - done)
+        if state_every > 0:
+            segment = min(segment, state_every - done % state_every)
+        pending = []
+        for i in range(segment):
+            m = wanted if fixed is None else int(fixed[done + i])
+            run_state, info = sampler.scheduled_step(
+                rng_key,
+                run_state,
+                x,
+                y,
+                log_target=log_target,
+                config=config,
+                plan=plan,
+                bucket=bucket_for(m, bucket_sizes),
+            )
+            pending.append(info)
+        infos = jax.device_get(pending)
+        elapsed = time.perf_counter() - t0
+        active = [inf for inf in infos if inf.active]
+        counts["wasted_steps"] += len(infos) - len(active)
+        last = infos[-1]
+        stopped = bool(last.stopped)
+        stopping = should_stop is not None and should_stop()
+        for j, inf in enumerate(active):
+            it = int(inf.iteration)
+            counts["iterations"] = it
+            counts["example_grads"] += (
+                num_particles * int(inf.batch_size) * (int(inf.num_steps) + 1)
+            )
+            s = inf.smc
+            record = {
+                "iter": it,
+                "batch_size": int(inf.batch_size),
+                "ess": float(s.ess),
+                "resampled": bool(s.resampled),
+                "energy_error_mean": float(s.energy_error_mean),
+                "energy_error_max": float(s.energy_error_max),
+                "divergent": int(s.divergent),
+                "time_s": elapsed,
+                "example_grads": counts["example_grads"],
+                "wasted_steps": counts["wasted_steps"],
+                "step_size": float(inf.step_size),
+                "num_steps": int(inf.num_steps),
+                "accept_mean": float(inf.accept_mean),
+                "noise": float(inf.noise),
+                "entropy": float(inf.entropy),
+                "log_likelihood": float(inf.log_likelihood),
+            }
+            is_last = j == len(active) - 1
+            final = is_last and (stopped or it == num_iterations)
+            wants_state = is_last and (
+                final or stopping or (state_every > 0 and it % state_every == 0)
+            )
+            stop = callback(record, run_state if wants_state else None) if callback else None
+            if not np.isfinite(s.ess) or s.ess == 0.0:
+                return run_state, "diverged", counts
+            if stop:
+                return run_state, "stopped", counts
+        if stopping and not stopped and counts["iterations"] < num_iterations:
+            return run_state, "interrupted", counts
+        if stopped:
+            return (
+                run_state,
+                ("finished" if counts["iterations"] == num_iterations else "stopped"),
+                counts,
+            )
+        wanted = int(last.next_batch_size)
+    return run_state, "finished", counts

@@ -16,7 +16,18 @@ import jax.numpy as jnp
 from blackjax.smc import resampling as bj_resampling
 
 from bnn_bench.inference.mapping import map_particles
-from bnn_bench.inference.smc.proposals import Proposal, leapfrog_move
+from bnn_bench.inference.smc import schedules
+from bnn_bench.inference.smc.proposals import (
+    Proposal,
+    Tuning,
+    accept_probability,
+    adapt,
+    diagonal_inverse_mass,
+    init_tuning,
+    leapfrog_move,
+    move_parameters,
+)
+from bnn_bench.inference.smc.schedules import SchedulePlan, ScheduleState, ScheduleStats
 from bnn_bench.metrics import ess
 
 RESAMPLERS: dict[str, Callable] = {
@@ -91,17 +102,65 @@ def step(
     bucket: int,
 ) -> tuple[SMCState, SMCInfo]:
     """One SMC iteration on a fresh batch of `batch_size` (traced) rows padded to `bucket`."""
+    new_state, info, _ = _step(
+        rng_key, state, x, y, batch_size, log_target=log_target, config=config, bucket=bucket
+    )
+    return new_state, info
+
+
+class MoveStats(NamedTuple):
+    """Per-particle quantities of one move that the schedules and the proposal tuning read."""
+
+    finite: jax.Array  # (J,) the particle's move was finite
+    accept: jax.Array  # (J,) min(1, exp(-Delta H)), 0 when divergent
+    initial: jax.Array  # (J, D) positions before the move
+    moved: jax.Array  # (J, D) positions after the move (before resampling)
+    momenta: jax.Array  # (J, D) final momenta
+    noise: jax.Array  # median standard error of the weight increment's likelihood part
+    entropy: jax.Array  # H / D of the weighted moved cloud (diagonal Gaussian fit)
+    log_likelihood: jax.Array  # weighted mean per-example log-likelihood on B_k at theta'
+
+
+def _step(
+    rng_key,
+    state: SMCState,
+    x,
+    y,
+    batch_size,
+    *,
+    log_target: Callable,
+    config: SMCConfig,
+    bucket: int,
+    step_size=None,
+    num_steps=None,
+    inverse_mass=None,
+    with_terms: bool = False,
+) -> tuple[SMCState, SMCInfo, MoveStats]:
+    """The SMC iteration itself (traced inside `step` and `scheduled_step`).
+
+    With `with_terms`, `log_target` returns (l_B, per-example log-likelihoods of the padded batch,
+    0 on padded rows); the per-example terms feed the automated schedule's noise estimate.
+    """
     key_batch, key_move, key_resample = jax.random.split(rng_key, 3)
     num_particles = state.particles.shape[0]
     idx, mask = select_batch(key_batch, x.shape[0], bucket, batch_size)
     xb, yb = x[idx], y[idx]
 
     def value_and_grad(theta):
-        return jax.value_and_grad(log_target)(theta, xb, yb, mask, batch_size)
+        return jax.value_and_grad(log_target, has_aux=with_terms)(theta, xb, yb, mask, batch_size)
 
     def move_one(args):
         key, theta = args
-        return leapfrog_move(value_and_grad, key, theta, config.proposal)
+        return leapfrog_move(
+            value_and_grad,
+            key,
+            theta,
+            config.proposal,
+            step_size=step_size,
+            num_steps=num_steps,
+            inverse_mass=inverse_mass,
+            terms=True if with_terms else None,
+        )
 
     keys = jax.random.split(key_move, num_particles)
     moved = map_particles(
@@ -132,6 +191,15 @@ def step(
         divergent=divergent,
         log_target_mean=jnp.sum(jnp.where(finite, weights * log_target_end, 0.0)),
     )
+    stats = MoveStats(
+        finite=finite,
+        accept=accept_probability(moved.log_weight_increment, finite),
+        initial=state.particles,
+        moved=particles,
+        momenta=moved.momentum,
+        entropy=entropy_per_dim(particles, log_weights),
+        **_likelihood_stats(moved, mask, batch_size, x.shape[0], finite, weights, with_terms),
+    )
 
     any_alive = jnp.any(finite)
     do_resample = any_alive & (current_ess < config.resample_threshold * num_particles)
@@ -148,7 +216,177 @@ def step(
         return SMCState(particles, log_weights, log_target_end)
 
     new_state = jax.lax.cond(do_resample, resample, keep, None)
-    return new_state, SMCInfo(resampled=do_resample, **info_common)
+    return new_state, SMCInfo(resampled=do_resample, **info_common), stats
+
+
+def entropy_per_dim(particles: jax.Array, log_weights: jax.Array) -> jax.Array:
+    """H / D with H = 1/2 sum_d log(2 pi e v_d), v_d the weighted variance of coordinate d.
+
+    Variances are floored at 1e-30 so that a cloud collapsed onto one point has a finite (very
+    low) entropy.
+    """
+    w = jax.nn.softmax(log_weights)
+    w = jnp.where(jnp.isfinite(w), w, 0.0)
+    mean = w @ particles
+    var = w @ (particles - mean) ** 2
+    return 0.5 * jnp.mean(jnp.log(2 * jnp.pi * jnp.e * jnp.maximum(var, 1e-30)))
+
+
+def _likelihood_stats(moved, mask, batch_size, num_data, finite, weights, with_terms):
+    """The automated schedule's noise estimate and the mean per-example log-likelihood.
+
+    For particle j, d_i = log p(y_i | theta'_j) - log p(y_i | theta_j) on the M batch rows; the
+    likelihood part of its weight increment, (N / M) sum_i d_i, has a sampling standard error of
+    about (N / sqrt(M)) sd_i(d_i) sqrt(1 - M / N). `noise` is its median over finite particles.
+    Both are NaN when the log-target does not return per-example terms.
+    """
+    if not with_terms:
+        nan = jnp.asarray(jnp.nan, jnp.float32)
+        return dict(noise=nan, log_likelihood=nan)
+    m = jnp.asarray(batch_size, jnp.float32)
+    fmask = mask.astype(jnp.float32)
+    d = (moved.terms_end - moved.terms_start) * fmask
+    d_mean = jnp.sum(d, axis=1) / m
+    d_var = jnp.sum(fmask * (d - d_mean[:, None]) ** 2, axis=1) / jnp.maximum(m - 1, 1)
+    se = (num_data / jnp.sqrt(m)) * jnp.sqrt(d_var) * jnp.sqrt(jnp.maximum(1 - m / num_data, 0))
+    noise = jnp.nanmedian(jnp.where(finite & jnp.isfinite(se), se, jnp.nan))
+    ll = jnp.sum(moved.terms_end * fmask, axis=1) / m
+    log_likelihood = jnp.sum(jnp.where(finite, weights * ll, 0.0))
+    return dict(noise=noise, log_likelihood=log_likelihood)
+
+
+# ---------------------------------------------------------------------------------------------
+# Adaptive runs: schedule state and proposal tuning carried on the device between steps
+# ---------------------------------------------------------------------------------------------
+
+
+class RunState(NamedTuple):
+    """Everything an adaptive run carries from one iteration to the next (a pytree)."""
+
+    smc: SMCState
+    schedule: ScheduleState
+    tuning: Tuning
+
+
+class StepInfo(NamedTuple):
+    """SMCInfo plus what the schedule and the proposal tuning did (device scalars)."""
+
+    smc: SMCInfo
+    active: jax.Array  # False: the step did nothing (stopped, or its bucket was too small)
+    iteration: jax.Array  # k of this step (when active)
+    batch_size: jax.Array  # M_k used
+    next_batch_size: jax.Array  # M_{k+1} the schedule chose
+    stopped: jax.Array  # the schedule has finished
+    step_size: jax.Array  # h used by this move
+    num_steps: jax.Array  # leapfrog steps of this move
+    noise: jax.Array
+    entropy: jax.Array
+    log_likelihood: jax.Array
+    accept_mean: jax.Array
+
+
+def init_run(smc_state: SMCState, plan: SchedulePlan, proposal: Proposal) -> RunState:
+    return RunState(smc_state, schedules.init_state(plan), init_tuning(proposal))
+
+
+def scheduled_batch_size(plan: SchedulePlan, schedule: ScheduleState) -> jax.Array:
+    """M_k for the coming iteration: from the schedule state (adaptive) or from k (fixed)."""
+    if plan.name in schedules.ADAPTIVE_SCHEDULES:
+        return schedule.batch_size
+    k = schedule.iteration + 1
+    sizes = schedules.batch_sizes(
+        plan.name,
+        num_data=plan.num_data,
+        num_iterations=plan.num_iterations,
+        batch_size=plan.batch_size,
+        refine_at=plan.refine_at,
+        slope=plan.slope,
+    )
+    return jnp.asarray(sizes, jnp.int32)[jnp.minimum(k, plan.num_iterations) - 1]
+
+
+@partial(jax.jit, static_argnames=("log_target", "config", "plan", "bucket"))
+def scheduled_step(
+    rng_key: jax.Array,
+    run_state: RunState,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    log_target: Callable,
+    config: SMCConfig,
+    plan: SchedulePlan,
+    bucket: int,
+) -> tuple[RunState, StepInfo]:
+    """One iteration of an adaptive run: batch size and move tuning come from device state.
+
+    `log_target` returns (l_B, per-example terms) (posterior.make_log_target(..., terms=True)).
+    The step is a no-op (state unchanged, `active` False) when the schedule has stopped or asks for
+    more rows than `bucket`: the host loop then moves to the bucket the schedule needs at its next
+    sync, so the result never depends on how often the host syncs. The iteration's key is
+    fold_in(rng_key, k) with k counted on the device.
+    """
+    smc_state, sched, tuning = run_state
+    k = sched.iteration + 1
+    m = scheduled_batch_size(plan, sched)
+    active = (m <= bucket) & ~sched.stopped & (k <= plan.num_iterations)
+    m_used = jnp.minimum(m, bucket)
+    proposal = config.proposal
+    h, n = move_parameters(proposal, tuning)
+    inverse_mass = None
+    if proposal.mass == "diag":
+        inverse_mass = diagonal_inverse_mass(smc_state.particles, smc_state.log_weights)
+    new_smc, info, stats = _step(
+        jax.random.fold_in(rng_key, k),
+        smc_state,
+        x,
+        y,
+        m_used,
+        log_target=log_target,
+        config=config,
+        bucket=bucket,
+        step_size=h,
+        num_steps=n,
+        inverse_mass=inverse_mass,
+        with_terms=True,
+    )
+    if plan.name in schedules.ADAPTIVE_SCHEDULES:
+        sched_stats = ScheduleStats(stats.noise, stats.entropy, stats.log_likelihood)
+        _, new_sched, _ = schedules.next_batch_size(plan, sched, sched_stats)
+    else:
+        new_sched = sched._replace(
+            iteration=jnp.asarray(k, jnp.int32), stopped=k >= plan.num_iterations
+        )
+        new_sched = new_sched._replace(batch_size=scheduled_batch_size(plan, new_sched))
+    new_tuning = adapt(
+        proposal,
+        tuning,
+        num_steps=n,
+        accept=stats.accept,
+        finite=stats.finite,
+        initial_positions=stats.initial,
+        positions=stats.moved,
+        momenta=stats.momenta,
+        inverse_mass=jnp.ones(smc_state.particles.shape[1])
+        if inverse_mass is None
+        else inverse_mass,
+    )
+    new_run = RunState(new_smc, new_sched, new_tuning)
+    out = jax.tree.map(lambda a, b: jnp.where(active, a, b), new_run, run_state)
+    step_info = StepInfo(
+        smc=info,
+        active=active,
+        iteration=k,
+        batch_size=m_used,
+        next_batch_size=out.schedule.batch_size,
+        stopped=out.schedule.stopped,
+        step_size=jnp.asarray(h, jnp.float32),
+        num_steps=jnp.asarray(n, jnp.int32),
+        noise=stats.noise,
+        entropy=stats.entropy,
+        log_likelihood=stats.log_likelihood,
+        accept_mean=jnp.mean(stats.accept),
+    )
+    return out, step_info
 
 
 def weighted_moments(state: SMCState) -> tuple[jax.Array, jax.Array]:
