@@ -244,8 +244,14 @@ def markdown(rows: list[Row], jobs: list[Job], sweep_dir: Path) -> str:
         lines += ["| directory | status | job | seed | error |", "| --- | --- | --- | --- | --- |"]
         for job in failed:
             error = str(job.results.get("error", "")).replace("|", "\\|").replace("\n", " ")
-            seed = job.results.get("seed", "-")
-            lines.append(f"| {job.directory} | {job.status} | {_job_label(job)} | {seed} | {error} |")
+            cells = [
+                job.directory,
+                job.status,
+                _job_label(job),
+                job.results.get("seed", "-"),
+                error,
+            ]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     else:
         lines.append("None: every job finished.")
     return "\n".join(lines) + "\n"
