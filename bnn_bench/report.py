@@ -336,7 +336,7 @@ def sweep_plots(rows: list[Row], sweep_dir: Path) -> list[Path]:
             for j in row.jobs
             if _number(j.results.get("runtime_s")) and _number(j.results.get(metric))
         ]
-        label = f"{row.experiment}: {row.label}" if multi else row.label
+        label = f"{row.experiment}: {row.label}" if multi and row.experiment != "-" else row.label
         groups.append((label, [p[0] for p in pairs], [p[1] for p in pairs]))
     path = plots.accuracy_vs_runtime(groups, sweep_dir / "accuracy_vs_runtime.png", metric=metric)
     written += [path] if path else []
@@ -351,7 +351,8 @@ def sweep_plots(rows: list[Row], sweep_dir: Path) -> list[Path]:
             records = [
                 r for r in plots.read_jsonl(metrics) if _number(r.get("neg_elbo")) and "time_s" in r
             ]
-            label = f"{row.experiment}: {row.variant}" if multi else row.variant
+            named = multi and row.experiment != "-"
+            label = f"{row.experiment}: {row.variant}" if named else row.variant
             curves.append((label, [r["time_s"] for r in records], [r["neg_elbo"] for r in records]))
     path = plots.neg_elbo_vs_time(curves, sweep_dir / "neg_elbo_vs_time.png")
     written += [path] if path else []
