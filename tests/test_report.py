@@ -314,3 +314,19 @@ def test_wandb_run_logs_plots_as_images(tmp_path):
     run.images([png])
     assert len(logged) == 1 and set(logged[0]) == {"plots/curve"}
     assert isinstance(logged[0]["plots/curve"], wandb.Image)
+
+
+def test_multirun_preflight_validates_the_declared_sweep(run_cli, tmp_path):
+    """A bad value in hydra.sweeper.params (as a preset would declare it) is refused before any
+    job runs: one line naming the key and value, exit 2, no sweep directory."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "-m",
+        "experiment=smoke_sweep",
+        "hydra.sweeper.params.schedule='full,no_such_schedule'",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "schedule=no_such_schedule" in lines[0], proc.stderr
+    assert not sweep.exists()
