@@ -64,8 +64,13 @@ def evaluate(
     particle_chunk: int | None = None,
     particle_map: str = "vmap",
     num_bins: int = 15,
+    reliability: bool = False,
 ) -> dict[str, float]:
-    """Test metrics of the weighted predictive: accuracy/nll/ece/brier, or rmse/nll (regression)."""
+    """Test metrics of the weighted predictive: accuracy/nll/ece/brier, or rmse/nll (regression).
+
+    With `reliability` (classification), also `reliability`: the per-bin confidences, accuracies
+    and counts behind the ECE (metrics.reliability_summary), for the reliability diagram.
+    """
     if posterior.likelihood == "categorical":
         logp = []
         for i in range(0, len(x), chunk_size):
@@ -78,9 +83,11 @@ def evaluate(
                 particle_map=particle_map,
             )
             logp.append(metrics.predictive_log_probs(per_particle, log_weights))
-        return metrics.classification_metrics(
-            jnp.concatenate(logp), jnp.asarray(y), num_bins=num_bins
-        )
+        log_probs, labels = jnp.concatenate(logp), jnp.asarray(y)
+        result = metrics.classification_metrics(log_probs, labels, num_bins=num_bins)
+        if reliability:
+            result["reliability"] = metrics.reliability_summary(log_probs, labels, num_bins)
+        return result
     means = particle_outputs(
         posterior,
         particles,

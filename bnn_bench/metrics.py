@@ -83,6 +83,24 @@ def expected_calibration_error(bins: dict[str, np.ndarray]) -> float:
     return float(np.sum(count / count.sum() * gap))
 
 
+def reliability_summary(
+    log_probs: Array, labels: Array, num_bins: int = 15
+) -> dict[str, list[float | None]]:
+    """The reliability diagram's data, as results.json stores it: per-bin mean top-label
+    confidence `bin_confidence`, accuracy `bin_accuracy` (None for empty bins) and `bin_count`,
+    from the same bins as the ECE (`reliability_bins`)."""
+    bins = reliability_bins(log_probs, jnp.asarray(labels).astype(jnp.int32), num_bins)
+
+    def listed(values):
+        return [float(v) if np.isfinite(v) else None for v in values]
+
+    return {
+        "bin_confidence": listed(bins["confidence"]),
+        "bin_accuracy": listed(bins["accuracy"]),
+        "bin_count": [int(c) for c in bins["count"]],
+    }
+
+
 def classification_metrics(log_probs: Array, labels: Array, num_bins: int = 15) -> dict[str, float]:
     """accuracy, nll, brier and ece of predictive log-probs (n, K) against integer labels (n,)."""
     log_probs = jnp.asarray(log_probs)

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from bnn_bench.checkpoint import Checkpoints
 from bnn_bench.config import register_configs, validate, validate_against_data
 from bnn_bench.errors import BnnBenchError, ConfigError, RunDiverged, RunInterrupted
+from bnn_bench.plots import run_plots
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # A wheel carries conf/ as bnn_bench/conf (pyproject's package-dir); a source checkout or an
@@ -109,7 +110,10 @@ def preflight(argv: list[str]) -> None:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            for overrides in job_overrides(args.overrides, args.multirun):
+            jobs = job_overrides(args.overrides, args.multirun)
+            if args.multirun:
+                jobs = _with_sweeper_params(compose, args.overrides, jobs[0])
+            for overrides in jobs:
                 try:
                     cfg = compose(config_name="config", overrides=overrides)
                 except BnnBenchError:
@@ -128,6 +132,21 @@ def preflight(argv: list[str]) -> None:
         raise ConfigError(hydra_error_line(exc)) from exc
     finally:
         GlobalHydra.instance().clear()
+
+
+def _with_sweeper_params(compose, overrides: list[str], first_job: list[str]) -> list[list[str]]:
+    """Every job of a multirun, with the sweep a preset declares in `hydra.sweeper.params`.
+
+    As Hydra's BasicSweeper does: the params come first and the command line's overrides after
+    them, so a key given on the command line (e.g. proposal=hmc) replaces the preset's sweep.
+    """
+    try:
+        params = compose(config_name="config", overrides=first_job, return_hydra_config=True)
+        params = params.hydra.sweeper.get("params") or {}
+    except Exception as exc:
+        raise ConfigError(hydra_error_line(exc)) from exc
+    swept = [f"{key}={value}" for key, value in params.items()]
+    return job_overrides([*swept, *overrides], multirun=True)
 
 
 def check_creatable(key: str, directory: str) -> None:
@@ -312,7 +331,7 @@ def run_smc(
     if cfg.hardware.devices > 1:
         state, (x, y) = shard_particles(state, (x, y), cfg.hardware.devices)
 
-    def test_metrics(st) -> dict[str, float]:
+    def test_metrics(st, reliability: bool = False) -> dict[str, float]:
         return evaluate(
             posterior,
             st.particles,
@@ -322,6 +341,7 @@ def run_smc(
             chunk_size=cfg.hardware.eval_chunk,
             particle_chunk=cfg.hardware.particle_chunk,
             particle_map=config.particle_map,
+            reliability=reliability,
         )
 
     def callback(record, st):
@@ -362,7 +382,7 @@ def run_smc(
             f"interrupted by SIGTERM at iteration {counts['iterations']}; checkpoint written; "
             f"continue with resume=true hydra.run.dir={out_dir}"
         )
-    results = test_metrics(state)
+    results = test_metrics(state, reliability=True)
     if cfg.save_posterior:
         write_posterior(out_dir / "posterior.npz", state.particles, state.log_weights)
     results.update(
@@ -572,7 +592,7 @@ def run_vi(
         progress.update(meta["progress"])
         history = read_metrics(out_dir / "metrics.jsonl")
 
-    def test_metrics(q) -> dict[str, float]:
+    def test_metrics(q, reliability: bool = False) -> dict[str, float]:
         samples = family.sample(key_pred, q, vi.num_predictive_samples)
         return evaluate(
             posterior,
@@ -583,6 +603,7 @@ def run_vi(
             chunk_size=cfg.hardware.eval_chunk,
             particle_chunk=cfg.hardware.particle_chunk,
             particle_map=particle_map(cfg),
+            reliability=reliability,
         )
 
     def callback(record, st):
@@ -623,7 +644,7 @@ def run_vi(
             f"interrupted by SIGTERM at iteration {last}; checkpoint written; "
             f"continue with resume=true hydra.run.dir={out_dir}"
         )
-    results = test_metrics(state.q)
+    results = test_metrics(state.q, reliability=True)
     if cfg.save_posterior:
         samples = family.sample(key_pred, state.q, vi.num_predictive_samples)
         write_vi_posterior(out_dir / "posterior.npz", state.q, samples)
@@ -718,6 +739,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         results = {**base, **results, "runtime_s": time.perf_counter() - t0, "status": status}
         write_json(out_dir / "results.json", results)
         wandb_run.summary(results)
+        wandb_run.images(run_plots(out_dir))  # ess_batch.png, reliability.png from the files
         exit_code = 0
         return results
     except Exception as exc:

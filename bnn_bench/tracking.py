@@ -237,6 +237,13 @@ class WandbRun:
         if self.run is not None:
             self.run.log({k: v for k, v in record.items() if v is not None}, step=step)
 
+    def images(self, paths: list[Path]) -> None:
+        """Log PNG files as W&B images, keyed plots/<file stem> (e.g. plots/ess_batch)."""
+        if self.run is not None and paths:
+            import wandb
+
+            self.run.log({f"plots/{Path(p).stem}": wandb.Image(str(p)) for p in paths})
+
     def summary(self, results: dict[str, Any]) -> None:
         if self.run is not None:
             for k, v in _jsonable(results).items():
