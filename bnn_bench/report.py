@@ -276,7 +276,7 @@ def latex_escape(text: str) -> str:
 
 
 def latex(rows: list[Row], jobs: list[Job]) -> str:
-    header, body = _table_cells(rows, "\x00")  # placeholder for $\pm$, kept out of escaping
+    header, body = _table_cells(rows, "\x00")  # a stand-in for $\pm$, kept out of escaping
     pm = r" $\pm$ "
 
     def line(cells: list[str]) -> str:
