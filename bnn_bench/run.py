@@ -285,6 +285,21 @@ class Reporter:
         self.metrics.close()
 
 
+def smc_config(cfg: DictConfig, proposal):
+    """The sampler's static settings from the config, with the given proposal."""
+    from bnn_bench.inference.smc import sampler
+
+    smc = cfg.smc
+    return sampler.SMCConfig(
+        proposal=proposal,
+        resample_threshold=smc.resample_threshold,
+        resampler=smc.resampler,
+        weights=smc.weights,
+        chunk_size=cfg.hardware.particle_chunk,
+        particle_map=particle_map(cfg),
+    )
+
+
 def run_smc(
     cfg: DictConfig, data, posterior, reporter: Reporter, out_dir: Path, checkpoints: Checkpoints
 ) -> dict[str, Any]:
@@ -311,14 +326,7 @@ def run_smc(
         refine_at=s.refine_at,
         slope=s.slope,
     )
-    config = sampler.SMCConfig(
-        proposal=Proposal(cfg.proposal.num_steps, cfg.proposal.step_size),
-        resample_threshold=smc.resample_threshold,
-        resampler=smc.resampler,
-        weights=smc.weights,
-        chunk_size=cfg.hardware.particle_chunk,
-        particle_map=particle_map(cfg),
-    )
+    config = smc_config(cfg, Proposal(cfg.proposal.num_steps, cfg.proposal.step_size))
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     key_init, key_run = jax.random.split(jax.random.key(cfg.seed))
     state = sampler.init(key_init, posterior.prior_std, posterior.log_prior, smc.num_particles)
@@ -453,14 +461,7 @@ def run_smc_scheduled(
 
     smc, n = cfg.smc, data.n_train
     plan = schedule_plan(cfg, n)
-    config = sampler.SMCConfig(
-        proposal=proposal_from_config(cfg),
-        resample_threshold=smc.resample_threshold,
-        resampler=smc.resampler,
-        weights=smc.weights,
-        chunk_size=cfg.hardware.particle_chunk,
-        particle_map=particle_map(cfg),
-    )
+    config = smc_config(cfg, proposal_from_config(cfg))
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     key_init, key_run = jax.random.split(jax.random.key(cfg.seed))
     state = sampler.init(key_init, posterior.prior_std, posterior.log_prior, smc.num_particles)

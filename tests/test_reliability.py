@@ -244,6 +244,32 @@ def test_no_pickle_in_the_package():
         assert "allow_pickle=True" not in text and "import pickle" not in text, path
 
 
+def sigterm_then_resume(tmp_path, run_cli, args):
+    """An uninterrupted run, and a run stopped by SIGTERM mid-way then resumed: both results."""
+    ref = tmp_path / "ref"
+    proc = run_cli(*args, f"hydra.run.dir={ref}")
+    assert proc.returncode == 0, proc.stderr
+
+    out = tmp_path / "run"
+    job = subprocess.Popen(
+        [*CLI, *args, f"hydra.run.dir={out}"],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(out / "metrics.jsonl", job)
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 143, stderr
+    assert results(out)["status"] == "interrupted" and (out / "checkpoint.npz").exists()
+
+    resumed = run_cli(*args, "resume=true", f"hydra.run.dir={out}")
+    assert resumed.returncode == 0, resumed.stderr
+    return results(out), results(ref), read_jsonl(out / "metrics.jsonl")
+
+
 VI_LONG = [
     "method=vi",
     "model=linear",
@@ -260,31 +286,10 @@ VI_LONG = [
 
 @pytest.mark.slow
 def test_vi_sigterm_then_resume_ends_as_if_never_stopped(tmp_path, run_cli):
-    ref = tmp_path / "ref"
-    proc = run_cli(*VI_LONG, f"hydra.run.dir={ref}")
-    assert proc.returncode == 0, proc.stderr
-
-    out = tmp_path / "run"
-    job = subprocess.Popen(
-        [*CLI, *VI_LONG, f"hydra.run.dir={out}"],
-        cwd=REPO,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    wait_for(out / "metrics.jsonl", job)
-    job.send_signal(signal.SIGTERM)
-    _, stderr = job.communicate(timeout=120)
-    assert job.returncode == 143, stderr
-    assert results(out)["status"] == "interrupted" and (out / "checkpoint.npz").exists()
-
-    resumed = run_cli(*VI_LONG, "resume=true", f"hydra.run.dir={out}")
-    assert resumed.returncode == 0, resumed.stderr
-    got, want = results(out), results(ref)
+    got, want, rows = sigterm_then_resume(tmp_path, run_cli, VI_LONG)
     keys = ("accuracy", "nll", "ece", "neg_elbo", "score_loss", "iterations", "example_grads")
     assert {k: got[k] for k in keys} == {k: want[k] for k in keys}
-    assert [r["iter"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, 3001))
+    assert [r["iter"] for r in rows] == list(range(1, 3001))
 
 
 ADAPTIVE_LONG = [
@@ -304,29 +309,7 @@ ADAPTIVE_LONG = [
 @pytest.mark.slow
 def test_adaptive_schedule_sigterm_then_resume_ends_as_if_never_stopped(tmp_path, run_cli):
     # The schedule state and the adapted step size live on the device and in the checkpoint.
-    ref = tmp_path / "ref"
-    proc = run_cli(*ADAPTIVE_LONG, f"hydra.run.dir={ref}")
-    assert proc.returncode == 0, proc.stderr
-
-    out = tmp_path / "run"
-    job = subprocess.Popen(
-        [*CLI, *ADAPTIVE_LONG, f"hydra.run.dir={out}"],
-        cwd=REPO,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    wait_for(out / "metrics.jsonl", job)
-    job.send_signal(signal.SIGTERM)
-    _, stderr = job.communicate(timeout=120)
-    assert job.returncode == 143, stderr
-    assert results(out)["status"] == "interrupted"
-
-    resumed = run_cli(*ADAPTIVE_LONG, "resume=true", f"hydra.run.dir={out}")
-    assert resumed.returncode == 0, resumed.stderr
-    got, want = results(out), results(ref)
+    got, want, rows = sigterm_then_resume(tmp_path, run_cli, ADAPTIVE_LONG)
     keys = (*COMPARED, "example_grads", "step_size")
     assert {k: got[k] for k in keys} == {k: want[k] for k in keys}
-    rows = read_jsonl(out / "metrics.jsonl")
     assert [r["iter"] for r in rows] == list(range(1, want["iterations"] + 1))
