@@ -110,9 +110,9 @@ def main(argv: list[str] | None = None) -> None:
                     rates["naive_vmap"] = j * batch / median_seconds(naive, (th,), args.repeats)
                     rates["batched"] = j * batch / median_seconds(batched, (th,), args.repeats)
                 for path, rate in rates.items():
-                    per = rate / (1 if path == "single" else j)
+                    ratio = rate / single_rate
                     print(
-                        f"{model_name:<7} {j:>3} {batch:>6} {path:<11} {rate:>10.0f} {per:>13.0f}"
+                        f"{model_name:<7} {j:>3} {batch:>6} {path:<11} {rate:>10.0f} {ratio:>10.2f}"
                     )
                     records.append(
                         {
