@@ -285,6 +285,23 @@ class Reporter:
         self.metrics.close()
 
 
+def evaluate_on_test(cfg: DictConfig, data, posterior, particles, log_weights, reliability):
+    """Test metrics of a weighted particle set, streamed as hardware.* says (every method)."""
+    from bnn_bench.evaluate import evaluate
+
+    return evaluate(
+        posterior,
+        particles,
+        log_weights,
+        data.x_test,
+        data.y_test,
+        chunk_size=cfg.hardware.eval_chunk,
+        particle_chunk=cfg.hardware.particle_chunk,
+        particle_map=particle_map(cfg),
+        reliability=reliability,
+    )
+
+
 def smc_config(cfg: DictConfig, proposal):
     """The sampler's static settings from the config, with the given proposal."""
     from bnn_bench.inference.smc import sampler
@@ -307,7 +324,6 @@ def run_smc(
     import jax
     import jax.numpy as jnp
 
-    from bnn_bench.evaluate import evaluate
     from bnn_bench.hardware import shard_particles
     from bnn_bench.inference.smc import loop, sampler, schedules
     from bnn_bench.inference.smc.proposals import Proposal
@@ -340,17 +356,7 @@ def run_smc(
         state, (x, y) = shard_particles(state, (x, y), cfg.hardware.devices)
 
     def test_metrics(st, reliability: bool = False) -> dict[str, float]:
-        return evaluate(
-            posterior,
-            st.particles,
-            st.log_weights,
-            data.x_test,
-            data.y_test,
-            chunk_size=cfg.hardware.eval_chunk,
-            particle_chunk=cfg.hardware.particle_chunk,
-            particle_map=config.particle_map,
-            reliability=reliability,
-        )
+        return evaluate_on_test(cfg, data, posterior, st.particles, st.log_weights, reliability)
 
     def callback(record, st):
         k = record["iter"]
@@ -454,7 +460,6 @@ def run_smc_scheduled(
     import jax
     import jax.numpy as jnp
 
-    from bnn_bench.evaluate import evaluate
     from bnn_bench.inference.smc import loop, sampler, schedules
     from bnn_bench.posterior import make_log_target
     from bnn_bench.tracking import write_posterior
@@ -473,17 +478,8 @@ def run_smc_scheduled(
         counts.update(meta["counts"])
         resumed.update(counts=meta["run_counts"], elapsed=meta["elapsed"])
 
-    def test_metrics(st) -> dict[str, float]:
-        return evaluate(
-            posterior,
-            st.particles,
-            st.log_weights,
-            data.x_test,
-            data.y_test,
-            chunk_size=cfg.hardware.eval_chunk,
-            particle_chunk=cfg.hardware.particle_chunk,
-            particle_map=config.particle_map,
-        )
+    def test_metrics(st, reliability: bool = False) -> dict[str, float]:
+        return evaluate_on_test(cfg, data, posterior, st.particles, st.log_weights, reliability)
 
     def callback(record, rs):
         k = record["iter"]
@@ -534,7 +530,7 @@ def run_smc_scheduled(
             f"interrupted by SIGTERM at iteration {run_counts['iterations']}; checkpoint "
             f"written; continue with resume=true hydra.run.dir={out_dir}"
         )
-    results = test_metrics(run_state.smc)
+    results = test_metrics(run_state.smc, reliability=True)
     if cfg.save_posterior:
         write_posterior(
             out_dir / "posterior.npz", run_state.smc.particles, run_state.smc.log_weights
@@ -562,7 +558,6 @@ def run_vi(
     import jax.numpy as jnp
     import numpy as np
 
-    from bnn_bench.evaluate import evaluate
     from bnn_bench.inference.vi import ALGORITHMS, family, loop
     from bnn_bench.posterior import make_log_target
     from bnn_bench.tracking import read_metrics, write_vi_posterior
@@ -595,17 +590,8 @@ def run_vi(
 
     def test_metrics(q, reliability: bool = False) -> dict[str, float]:
         samples = family.sample(key_pred, q, vi.num_predictive_samples)
-        return evaluate(
-            posterior,
-            samples,
-            jnp.zeros(vi.num_predictive_samples),
-            data.x_test,
-            data.y_test,
-            chunk_size=cfg.hardware.eval_chunk,
-            particle_chunk=cfg.hardware.particle_chunk,
-            particle_map=particle_map(cfg),
-            reliability=reliability,
-        )
+        weights = jnp.zeros(vi.num_predictive_samples)  # equally weighted draws from q
+        return evaluate_on_test(cfg, data, posterior, samples, weights, reliability)
 
     def callback(record, st):
         k = record["iter"]

@@ -189,3 +189,6 @@ def test_sda_with_adapted_step_size_stops_early_and_reports_iterations(run_cli, 
     assert results["example_grads"] == rows[-1]["example_grads"] == 8 * 4 * sum(sizes)
     assert results["adapt_step_size"] and results["step_size"] != 0.002
     assert "test_accuracy" in rows[3]
+    # the scheduled path also gives the reliability diagram its bins and picture
+    assert sum(results["reliability"]["bin_count"]) == results["n_test"]
+    assert (out / "reliability.png").stat().st_size > 0
