@@ -402,6 +402,7 @@ def run_smc(
     results.update(
         schedule=s.name,
         proposal=cfg.proposal.name,
+        devices=len(state.particles.sharding.device_set),  # where the particles ended up
         num_particles=smc.num_particles,
         example_grads=int(
             smc.num_particles * (cfg.proposal.num_steps + 1) * sizes[: counts["iterations"]].sum()
@@ -460,6 +461,7 @@ def run_smc_scheduled(
     import jax
     import jax.numpy as jnp
 
+    from bnn_bench.hardware import shard_particles
     from bnn_bench.inference.smc import loop, sampler, schedules
     from bnn_bench.posterior import make_log_target
     from bnn_bench.tracking import write_posterior
@@ -477,6 +479,11 @@ def run_smc_scheduled(
         run_state, meta = checkpoints.read(run_state)  # particles, schedule state, tuning
         counts.update(meta["counts"])
         resumed.update(counts=meta["run_counts"], elapsed=meta["elapsed"])
+    if cfg.hardware.devices > 1:  # particles split across devices; schedule and tuning replicated
+        smc_state, (x, y, schedule, tuning) = shard_particles(
+            run_state.smc, (x, y, run_state.schedule, run_state.tuning), cfg.hardware.devices
+        )
+        run_state = run_state._replace(smc=smc_state, schedule=schedule, tuning=tuning)
 
     def test_metrics(st, reliability: bool = False) -> dict[str, float]:
         return evaluate_on_test(cfg, data, posterior, st.particles, st.log_weights, reliability)
@@ -538,6 +545,7 @@ def run_smc_scheduled(
     results.update(
         schedule=plan.name,
         proposal=cfg.proposal.name,
+        devices=len(run_state.smc.particles.sharding.device_set),  # where the particles ended up
         adapt_step_size=bool(cfg.proposal.adapt_step_size),
         mass=cfg.proposal.mass,
         num_particles=smc.num_particles,

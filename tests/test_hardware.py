@@ -36,13 +36,22 @@ def test_pin_cores_picks_a_block_per_job():
 
 
 @pytest.mark.slow
-def test_two_host_devices_give_the_results_of_one(tmp_path, run_cli):
+@pytest.mark.parametrize(
+    "path",
+    [
+        [],  # the fixed-schedule loop
+        ["schedule=sda", "proposal.adapt_step_size=true"],  # the scheduled (adaptive) loop
+    ],
+    ids=["fixed", "scheduled"],
+)
+def test_two_host_devices_give_the_results_of_one(tmp_path, run_cli, path):
     # XLA's forced host device count splits the CPU into 2 devices; J=8 particles become 2 x 4.
     env = cli_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
     got = {}
     for devices in (1, 2):
         out = tmp_path / f"d{devices}"
-        proc = run_cli(*TINY, f"hardware.devices={devices}", f"hydra.run.dir={out}", env=env)
+        args = (*TINY, *path, f"hardware.devices={devices}", f"hydra.run.dir={out}")
+        proc = run_cli(*args, env=env)
         assert proc.returncode == 0, proc.stderr
         got[devices] = results(out)
     assert got[2]["devices"] == 2
