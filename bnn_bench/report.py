@@ -75,7 +75,12 @@ def group_key(results: dict[str, Any]) -> tuple[str, str, str, str]:
     method = str(results.get("method") or "?")
     experiment = str(results.get("experiment") or "-")
     if method == "smc":
-        return experiment, method, str(results.get("schedule", "?")), str(results.get("proposal"))
+        proposal = str(results.get("proposal"))
+        if results.get("adapt_step_size"):  # a tuned move is its own row, not mixed with fixed h
+            proposal += "+adapt"
+        if results.get("mass") == "diag":
+            proposal += "+diag"
+        return experiment, method, str(results.get("schedule", "?")), proposal
     if method == "vi":
         return experiment, method, str(results.get("algorithm", "?")), ""
     return experiment, method, "", ""
@@ -130,7 +135,9 @@ def summarise(jobs: list[Job]) -> list[Row]:
     for row in rows.values():
         if row.method != "smc":
             continue
-        full = rows.get((row.experiment, "smc", "full", row.proposal))
+        full = rows.get((row.experiment, "smc", "full", row.proposal)) or rows.get(
+            (row.experiment, "smc", "full", row.proposal.split("+")[0])  # e.g. hmc for hmc+adapt
+        )
         if full is None:
             continue
         full_time, row_time = _runtime_by_seed(full.jobs), _runtime_by_seed(row.jobs)
@@ -144,7 +151,8 @@ def summarise(jobs: list[Job]) -> list[Row]:
             row.experiment,
             row.method,
             _order(row.variant, order),
-            _order(row.proposal, PROPOSAL_ORDER),
+            _order(row.proposal.split("+")[0], PROPOSAL_ORDER),
+            row.proposal,  # hmc, then hmc+adapt, hmc+diag
         )
 
     return sorted(rows.values(), key=sort_key)

@@ -152,6 +152,31 @@ def test_report_tables_numbers_and_failed_jobs(sweep):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
+def test_tuned_proposals_get_their_own_rows_and_compare_with_the_fixed_full(tmp_path):
+    for n, (schedule, adapt, mass, runtime, acc) in enumerate(
+        [
+            ("full", False, "identity", 100.0, 0.70),
+            ("ctr", False, "identity", 20.0, 0.60),
+            ("ctr", True, "identity", 25.0, 0.68),
+            ("ctr", True, "diag", 50.0, 0.66),
+        ]
+    ):
+        write_job(
+            tmp_path / str(n),
+            **smc(0, schedule, acc, runtime, adapt_step_size=adapt, mass=mass),
+        )
+    rows = report.report(tmp_path)["rows"]
+    assert [(r.variant, r.proposal) for r in rows] == [
+        ("full", "hmc"),
+        ("ctr", "hmc"),
+        ("ctr", "hmc+adapt"),
+        ("ctr", "hmc+adapt+diag"),
+    ]
+    assert [r.stats["accuracy"][0] for r in rows] == pytest.approx([0.70, 0.60, 0.68, 0.66])
+    # no full run with the adapted h: the speed-up is against the fixed-h full run
+    assert [r.speedup[0] for r in rows] == pytest.approx([1.0, 5.0, 4.0, 2.0])
+
+
 def test_report_cli_without_results_is_one_line_exit_2(tmp_path):
     (tmp_path / "empty").mkdir()
     for target in (tmp_path / "empty", tmp_path / "missing"):
