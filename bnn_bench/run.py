@@ -560,7 +560,6 @@ def run_vi(
     cfg: DictConfig, data, posterior, reporter: Reporter, out_dir: Path, checkpoints: Checkpoints
 ) -> dict[str, Any]:
     """Score-based VI (vi.algorithm): returns the results.json fields specific to the method."""
-    import resource
 
     import jax
     import jax.numpy as jnp
@@ -655,13 +654,17 @@ def run_vi(
         neg_elbo=float(np.mean([r["neg_elbo"] for r in tail])),
         score_loss=float(np.mean([r["score_loss"] for r in tail])),
         n_rejected=sum(int(r["rejected"]) for r in history),
-        peak_rss_mb=peak_rss_mb(resource),
     )
     return results
 
 
-def peak_rss_mb(resource) -> float:
-    """Peak resident memory of this process in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (ru_maxrss: KiB on Linux, bytes on macOS).
+
+    A process-wide high-water mark: in a multirun with the basic launcher (jobs share one
+    process) a job reports the largest peak of the sweep so far; measure memory in single runs."""
+    import resource
+
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
@@ -732,6 +735,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
             finally:
                 reporter.close()
         results = {**base, **results, "runtime_s": time.perf_counter() - t0, "status": status}
+        results["peak_rss_mb"] = peak_rss_mb()  # every method: the memory issue compares J and N
         write_json(out_dir / "results.json", results)
         wandb_run.summary(results)
         wandb_run.images(run_plots(out_dir))  # ess_batch.png, reliability.png from the files

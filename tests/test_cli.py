@@ -51,6 +51,7 @@ def test_default_run_writes_complete_results(run_cli, tmp_path):
     assert results["dataset"] == "digits" and results["model"] == "mlp"
     assert results["iterations"] == 6
     assert 0.0 <= results["accuracy"] <= 1.0 and results["nll"] > 0
+    assert 100 < results["peak_rss_mb"] < 24 * 1024  # MiB; a JAX process holds > 100 MiB
     # ctr with K = 6, r = 0.9: 5 iterations at C = 200, then the full N.
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["iter"] for r in rows] == [1, 2, 3, 4, 5, 6]
