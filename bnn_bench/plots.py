@@ -89,8 +89,8 @@ def reliability(bins: dict[str, list], path: Path, title: str = "") -> Path:
         (conf - acc)[full],
         bottom=acc[full],
         width=width,
-        color="tab:red",
-        alpha=0.3,
+        fill=False,  # hatched, so the gap reads the same over the bar (underconfident bins)
+        hatch="///",
         edgecolor="tab:red",
         lw=0.5,
         label="gap to confidence",
