@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bnn_bench.inference.smc import loop, sampler, schedules
-from bnn_bench.inference.smc.proposals import Proposal
+from bnn_bench.inference.smc.proposals import Proposal, leapfrog_move
 from bnn_bench.models import build_model
 from bnn_bench.posterior import make_log_target, make_posterior
 
@@ -222,3 +222,17 @@ def test_a_resumed_loop_continues_exactly():
     assert more[-1]["example_grads"] == 8 * 3 * sum(sizes) and more[0]["time_s"] >= elapsed
     np.testing.assert_array_equal(np.asarray(resumed.particles), np.asarray(full.particles))
     np.testing.assert_array_equal(np.asarray(resumed.log_weights), np.asarray(full.log_weights))
+
+
+@pytest.mark.parametrize("num_steps", [1, 3])
+def test_static_leapfrog_has_no_loop_in_its_graph(num_steps):
+    # A loop (even lax.scan(unroll=True) of length 1) put the CNN's convolutions in a loop body,
+    # where XLA:CPU ran the langevin step 4x slower; a static S is traced straight through.
+    def value_and_grad(theta):
+        return jax.value_and_grad(lambda t: -0.5 * jnp.sum(t**2))(theta)
+
+    jaxpr = jax.make_jaxpr(
+        lambda key, theta: leapfrog_move(value_and_grad, key, theta, Proposal(num_steps, 0.1))
+    )(jax.random.key(0), jnp.ones(3))
+    primitives = {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
+    assert not primitives & {"scan", "while"}, primitives

@@ -210,10 +210,11 @@ def leapfrog_move(
 
     carry = (position, momentum, g0, l0, aux0)
     if isinstance(n, int):
-        # Unrolled: S is small, and XLA's CPU convolutions run ~3x slower inside a loop body.
-        carry, _ = jax.lax.scan(
-            lambda c, _: (leapfrog(c), None), carry, None, length=n, unroll=True
-        )
+        # Unrolled in the trace: S is small, and XLA's CPU convolutions run ~3x slower inside a
+        # loop body. Not lax.scan(unroll=True): with S = 1 (langevin) its step ran 4x slower
+        # than with the Python loop on the CNN (docs/performance.md).
+        for _ in range(n):
+            carry = leapfrog(carry)
     else:
         carry = jax.lax.fori_loop(0, n, lambda _, c: leapfrog(c), carry)
     theta, p, _, l1, aux1 = carry
