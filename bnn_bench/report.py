@@ -3,8 +3,9 @@
 Reads every results.json under SWEEP_DIR (any depth, so several sweeps under one directory make one
 table), groups the jobs by experiment and method/schedule/proposal (SMC) or method/algorithm
 (VI), and writes into SWEEP_DIR:
-- table.md, table.tex: accuracy (or rmse), NLL, ECE, runtime, example_grads and the speed-up vs
-  full as mean +- std over seeds (sample std, ddof=1; the mean alone for one seed), the number of
+- table.md, table.tex: accuracy (or rmse), NLL, ECE, runtime, example_grads, the speed-up vs
+  full and (VI) neg_elbo as mean +- std over seeds (sample std, ddof=1; the mean alone for one
+  seed), the number of
   finished seeds and of jobs that did not finish per row, and every job that did not finish
   (status failed / diverged / interrupted, or an unreadable results.json) with its directory and
   error. Only finished jobs enter the means.
@@ -117,7 +118,7 @@ def _mean_std(values: list[float]) -> tuple[float, float, int]:
     return float(arr.mean()), std, len(arr)
 
 
-METRICS = ("accuracy", "rmse", "nll", "ece", "runtime_s", "example_grads")
+METRICS = ("accuracy", "rmse", "nll", "ece", "runtime_s", "example_grads", "neg_elbo")  # last: VI
 
 
 def summarise(jobs: list[Job]) -> list[Row]:
@@ -182,6 +183,7 @@ FORMATS = {
     "ece": "{:.4f}",
     "runtime_s": "{:.1f}",
     "example_grads": "{:.3g}",
+    "neg_elbo": "{:.0f}",
     "speedup": "{:.2f}",
 }
 HEADERS = {
@@ -191,6 +193,7 @@ HEADERS = {
     "ece": "ECE",
     "runtime_s": "runtime (s)",
     "example_grads": "example grads",
+    "neg_elbo": "neg ELBO",
     "speedup": "speed-up vs full",
 }
 

@@ -97,6 +97,7 @@ def sweep(tmp_path):
             ece=0.1,
             runtime_s=5.0,
             example_grads=400,
+            neg_elbo=1000.0 + 100 * seed,
             status="finished",
         )
     return d
@@ -122,6 +123,8 @@ def test_report_tables_numbers_and_failed_jobs(sweep):
     assert rows["smc", "full", "langevin"].speedup[0] == pytest.approx(1.0)
     assert rows["vi", "advi", ""].speedup is None
     assert rows["vi", "advi", ""].stats["accuracy"][0] == pytest.approx(0.65)
+    assert rows["vi", "advi", ""].stats["neg_elbo"][0] == pytest.approx(1050.0)  # VI's own column
+    assert "neg_elbo" not in rows["smc", "ctr", "hmc"].stats
     # the failed job's group has a row with no finished seed; both bad jobs are listed
     assert len(rows["smc", "linear", "hmc"].jobs) == 0
     assert {j.directory for j in out["not_finished"]} == {"8", "9"}
