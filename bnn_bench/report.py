@@ -5,8 +5,8 @@ table), groups the jobs by experiment and method/schedule/proposal (SMC) or meth
 (VI), and writes into SWEEP_DIR:
 - table.md, table.tex: accuracy (or rmse), NLL, ECE, runtime, example_grads, the speed-up vs
   full and (VI) neg_elbo as mean +- std over seeds (sample std, ddof=1; the mean alone for one
-  seed), the number of
-  finished seeds and of jobs that did not finish per row, and every job that did not finish
+  seed), the number of finished seeds and of jobs that did not finish per row, and every job
+  that did not finish
   (status failed / diverged / interrupted, or an unreadable results.json) with its directory and
   error. Only finished jobs enter the means.
 - accuracy_vs_runtime.png, and neg_elbo_vs_time.png when the sweep has VI jobs.
