@@ -71,6 +71,11 @@ class Row:
         return "/".join(p for p in (self.method, self.variant, self.proposal) if p)
 
 
+def base_proposal(label: str) -> str:
+    """The proposal of a row label without its tuning suffixes: hmc for hmc+adapt+diag."""
+    return label.split("+")[0]
+
+
 def group_key(results: dict[str, Any]) -> tuple[str, str, str, str]:
     """(experiment, method, schedule or algorithm, proposal) of one job."""
     method = str(results.get("method") or "?")
@@ -137,7 +142,7 @@ def summarise(jobs: list[Job]) -> list[Row]:
         if row.method != "smc":
             continue
         full = rows.get((row.experiment, "smc", "full", row.proposal)) or rows.get(
-            (row.experiment, "smc", "full", row.proposal.split("+")[0])  # e.g. hmc for hmc+adapt
+            (row.experiment, "smc", "full", base_proposal(row.proposal))
         )
         if full is None:
             continue
@@ -152,7 +157,7 @@ def summarise(jobs: list[Job]) -> list[Row]:
             row.experiment,
             row.method,
             _order(row.variant, order),
-            _order(row.proposal.split("+")[0], PROPOSAL_ORDER),
+            _order(base_proposal(row.proposal), PROPOSAL_ORDER),
             row.proposal,  # hmc, then hmc+adapt, hmc+diag
         )
 

@@ -386,16 +386,7 @@ def run_smc(
         start=counts["iterations"],
         **progress,
     )
-    if status == "diverged":
-        raise RunDiverged(
-            f"every particle diverged by iteration {counts['iterations']}: "
-            f"try a smaller proposal.step_size (now {cfg.proposal.step_size})"
-        )
-    if status == "interrupted":
-        raise RunInterrupted(
-            f"interrupted by SIGTERM at iteration {counts['iterations']}; checkpoint written; "
-            f"continue with resume=true hydra.run.dir={out_dir}"
-        )
+    raise_if_stopped(status, counts["iterations"], out_dir, smc_divergence(cfg))
     results = test_metrics(state, reliability=True)
     if cfg.save_posterior:
         write_posterior(out_dir / "posterior.npz", state.particles, state.log_weights)
@@ -410,6 +401,25 @@ def run_smc(
         **counts,
     )
     return results
+
+
+def smc_divergence(cfg: DictConfig) -> str:
+    """The diverged message of both SMC paths ({iteration} is filled in by raise_if_stopped)."""
+    return (
+        "every particle diverged by iteration {iteration}: "
+        f"try a smaller proposal.step_size (now {cfg.proposal.step_size})"
+    )
+
+
+def raise_if_stopped(status: str, iteration: int, out_dir: Path, divergence: str) -> None:
+    """Turn a run loop's "diverged" or "interrupted" status into the job's one-line error."""
+    if status == "diverged":
+        raise RunDiverged(divergence.format(iteration=iteration))
+    if status == "interrupted":
+        raise RunInterrupted(
+            f"interrupted by SIGTERM at iteration {iteration}; checkpoint written; "
+            f"continue with resume=true hydra.run.dir={out_dir}"
+        )
 
 
 def proposal_from_config(cfg: DictConfig):
@@ -527,16 +537,7 @@ def run_smc_scheduled(
         counts=resumed["counts"],
         elapsed=resumed["elapsed"],
     )
-    if status == "diverged":
-        raise RunDiverged(
-            f"every particle diverged by iteration {run_counts['iterations']}: "
-            f"try a smaller proposal.step_size (now {cfg.proposal.step_size})"
-        )
-    if status == "interrupted":
-        raise RunInterrupted(
-            f"interrupted by SIGTERM at iteration {run_counts['iterations']}; checkpoint "
-            f"written; continue with resume=true hydra.run.dir={out_dir}"
-        )
+    raise_if_stopped(status, run_counts["iterations"], out_dir, smc_divergence(cfg))
     results = test_metrics(run_state.smc, reliability=True)
     if cfg.save_posterior:
         write_posterior(
@@ -628,16 +629,11 @@ def run_vi(
         **progress,
     )
     last = history[-1]["iter"] if history else 0
-    if status == "diverged":
-        raise RunDiverged(
-            f"diverged: the {vi.algorithm} update was not finite 10 times in a row by "
-            f"iteration {last}; try a larger vi.prox_weight or a smaller vi.learning_rate"
-        )
-    if status == "interrupted":
-        raise RunInterrupted(
-            f"interrupted by SIGTERM at iteration {last}; checkpoint written; "
-            f"continue with resume=true hydra.run.dir={out_dir}"
-        )
+    vi_divergence = (
+        f"diverged: the {vi.algorithm} update was not finite 10 times in a row by "
+        "iteration {iteration}; try a larger vi.prox_weight or a smaller vi.learning_rate"
+    )
+    raise_if_stopped(status, last, out_dir, vi_divergence)
     results = test_metrics(state.q, reliability=True)
     if cfg.save_posterior:
         samples = family.sample(key_pred, state.q, vi.num_predictive_samples)
@@ -654,6 +650,7 @@ def run_vi(
         neg_elbo=float(np.mean([r["neg_elbo"] for r in tail])),
         score_loss=float(np.mean([r["score_loss"] for r in tail])),
         n_rejected=sum(int(r["rejected"]) for r in history),
+        devices=len(jax.tree.leaves(state.q)[0].sharding.device_set),  # VI does not split q
     )
     return results
 
@@ -707,7 +704,6 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         "n_train": data.n_train,
         "n_test": int(len(data.y_test)),
         "n_params": posterior.dim,
-        "devices": cfg.hardware.devices,
         **({"cores": cores} if cores else {}),
     }
     wandb_run = WandbRun(
