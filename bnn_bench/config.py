@@ -110,6 +110,7 @@ class HardwareConfig:
     dtype: str = "float32"
     particle_chunk: int | None = None
     particle_map: str = "auto"
+    data_chunk: int | None = None
     eval_chunk: int = 2000
     devices: int = 1
     cores_per_job: int | None = None
@@ -258,6 +259,9 @@ def validate(cfg) -> None:
     if h.particle_chunk is not None:
         pc = h.particle_chunk
         _check("hardware.particle_chunk", pc, pc >= 1, "an integer >= 1 (or null for all)")
+    if h.data_chunk is not None:
+        dc = h.data_chunk
+        _check("hardware.data_chunk", dc, dc >= 1, "an integer >= 1 (or null for all)")
     _allowed("hardware.particle_map", h.particle_map, ("auto", "vmap", "unroll"))
     _check("hardware.eval_chunk", h.eval_chunk, h.eval_chunk >= 1, "an integer >= 1")
     _check("hardware.devices", h.devices, h.devices >= 1, "an integer >= 1")

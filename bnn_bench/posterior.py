@@ -114,21 +114,38 @@ def make_posterior(
     )
 
 
-def make_log_target(posterior: Posterior, num_data: int, *, terms: bool = False) -> Callable:
-    """Return l_B(theta, x_b, y_b, mask, batch_size): log-prior + N/|B| * masked batch log-lik.
+@dataclass(frozen=True)
+class LogTarget:
+    """l_B(theta, x_b, y_b, mask, batch_size): log-prior + N/|B| * masked batch log-likelihood.
 
     `batch_size` is the true |B| (a traced scalar); padded rows have mask 0 and add nothing.
     With `terms=True` it returns (l_B, per-example log-likelihoods, 0 on padded rows), the form
-    jax.value_and_grad(..., has_aux=True) takes.
+    jax.value_and_grad(..., has_aux=True) takes. The two parts are exposed separately
+    (`log_prior`, `likelihood_part`) so that a gradient can be summed over chunks of the batch
+    (`inference.smc.sampler.batch_value_and_grad`). Hashable: a static argument of jitted steps.
     """
 
-    def log_target(theta, x, y, mask, batch_size):
-        ll = jnp.where(mask, posterior.log_likelihood(theta, x, y), 0.0)
-        scale = num_data / batch_size
-        value = posterior.log_prior(theta) + scale * jnp.sum(ll)
-        return (value, ll) if terms else value
+    log_prior: Callable[[jax.Array], jax.Array]
+    log_likelihood: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+    num_data: int
+    terms: bool = False
 
-    return log_target
+    def likelihood_part(self, theta, x, y, mask, batch_size):
+        """N/|B| * sum of the masked per-example log-likelihoods over these rows (+ the terms)."""
+        ll = jnp.where(mask, self.log_likelihood(theta, x, y), 0.0)
+        value = (self.num_data / batch_size) * jnp.sum(ll)
+        return (value, ll) if self.terms else value
+
+    def __call__(self, theta, x, y, mask, batch_size):
+        part = self.likelihood_part(theta, x, y, mask, batch_size)
+        if self.terms:
+            return self.log_prior(theta) + part[0], part[1]
+        return self.log_prior(theta) + part
+
+
+def make_log_target(posterior: Posterior, num_data: int, *, terms: bool = False) -> LogTarget:
+    """The batch log-target l_B of `posterior` on a data set of `num_data` rows (see LogTarget)."""
+    return LogTarget(posterior.log_prior, posterior.log_likelihood, num_data, terms)
 
 
 def _prior_std_tree(params, prior_std: float, prior_scale: str):

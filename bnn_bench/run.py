@@ -314,6 +314,7 @@ def smc_config(cfg: DictConfig, proposal):
         weights=smc.weights,
         chunk_size=cfg.hardware.particle_chunk,
         particle_map=particle_map(cfg),
+        data_chunk=cfg.hardware.data_chunk,
     )
 
 

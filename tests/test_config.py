@@ -113,6 +113,7 @@ def test_particle_map_auto_unrolls_convolutions_on_cpu_only(composer):
         ("proposal.mass=full", "proposal.mass=full is not allowed; choose one of: identity, diag"),
         ("proposal.target_accept=1.5", "proposal.target_accept=1.5 is not allowed"),
         ("proposal.max_steps=0", "proposal.max_steps=0 is not allowed"),
+        ("hardware.data_chunk=0", "hardware.data_chunk=0 is not allowed; it must be an integer"),
     ],
 )
 def test_adaptive_keys_are_validated(composer, override, message):

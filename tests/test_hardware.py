@@ -65,6 +65,21 @@ def test_two_host_devices_give_the_results_of_one(tmp_path, run_cli, path):
 
 
 @pytest.mark.slow
+def test_data_chunks_give_the_results_of_the_whole_batch(tmp_path, run_cli):
+    # The scheduled path (per-example terms for sda's noise estimate) with every batch, the full
+    # one included, split into gradient chunks of at most 150 rows.
+    got = {}
+    for chunk in ("null", "150"):
+        out = tmp_path / chunk
+        args = (*TINY, "schedule=sda", f"hardware.data_chunk={chunk}", f"hydra.run.dir={out}")
+        proc = run_cli(*args)
+        assert proc.returncode == 0, proc.stderr
+        got[chunk] = results(out)
+    for key in ("accuracy", "nll", "ece", "ess_final", "iterations"):
+        assert got["150"][key] == pytest.approx(got["null"][key], rel=1e-3, abs=1e-4), key
+
+
+@pytest.mark.slow
 def test_two_job_joblib_sweep_pins_each_job_to_its_own_core(tmp_path, run_cli):
     sweep = tmp_path / "sweep"
     proc = run_cli(

@@ -1,5 +1,7 @@
 """The SMC sampler against exact answers: conjugate Bayesian linear regression, ESS, resampling."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -236,3 +238,59 @@ def test_static_leapfrog_has_no_loop_in_its_graph(num_steps):
     )(jax.random.key(0), jnp.ones(3))
     primitives = {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
     assert not primitives & {"scan", "while"}, primitives
+
+
+@pytest.mark.parametrize("terms", [False, True])
+def test_data_chunked_gradient_equals_the_whole_batch(terms):
+    # 37 rows (the last 5 masked out as padding) in chunks of at most 10: 4 chunks of 10, 3 padded.
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(37, 64)).astype(np.float32), rng.integers(0, 10, 37)
+    post = make_posterior(build_model("mlp", 10, hidden=[16]), jnp.asarray(x))
+    lt = make_log_target(post, 500, terms=terms)
+    theta = post.sample_prior(jax.random.key(3), 1)[0]
+    mask = jnp.arange(37) < 32
+    args = (lt, theta, jnp.asarray(x), jnp.asarray(y), mask, jnp.asarray(32))
+    f = jax.jit(
+        sampler.batch_value_and_grad, static_argnums=0, static_argnames=("has_aux", "chunk")
+    )
+    whole = f(*args, has_aux=terms, chunk=None)
+    chunked = f(*args, has_aux=terms, chunk=10)
+    close = partial(np.testing.assert_allclose, rtol=2e-5, atol=1e-4)
+    jax.tree.map(close, whole, chunked)
+    if terms:
+        assert chunked[0][1].shape == (37,) and np.all(np.asarray(chunked[0][1])[32:] == 0)
+
+
+def test_data_chunks_bound_a_full_batch_steps_memory_in_n():
+    # XLA's own buffer plan for one full-batch step: without data chunks its scratch memory grows
+    # with the batch (activations of every row are alive for the backward pass); with chunks of
+    # 64 rows it stays near one chunk's worth when the batch grows 4x.
+    post = make_posterior(build_model("mlp", 10, hidden=[256, 256]), jnp.zeros((1, 64)))
+    lt = make_log_target(post, 4096)
+    state = sampler.init(jax.random.key(0), post.prior_std, post.log_prior, 4)
+
+    def scratch_mb(n, chunk):
+        x, y = jnp.zeros((n, 64)), jnp.zeros(n, jnp.int32)
+        config = sampler.SMCConfig(Proposal(3, 1e-3), data_chunk=chunk)
+        lowered = sampler.step.lower(
+            jax.random.key(1), state, x, y, jnp.asarray(n), log_target=lt, config=config, bucket=n
+        )
+        return lowered.compile().memory_analysis().temp_size_in_bytes / 2**20
+
+    whole = [scratch_mb(n, None) for n in (1024, 4096)]
+    chunked = [scratch_mb(n, 64) for n in (1024, 4096)]
+    assert whole[1] > 3 * whole[0]  # the test would not see a difference otherwise
+    assert chunked[1] < 1.3 * chunked[0] and chunked[1] < whole[1] / 4
+
+
+def test_a_data_chunked_step_moves_particles_as_the_whole_batch_does():
+    x, y, _, _ = linear_regression()
+    post = blr_posterior(x)
+    got = {}
+    for chunk in (None, 64):
+        config = sampler.SMCConfig(Proposal(3, 0.01), data_chunk=chunk)
+        state, status = run_sampler(post, x, y, [len(x)] * 4, config=config, num_particles=8)
+        assert status == "finished"
+        got[chunk] = state
+    np.testing.assert_allclose(got[64].particles, got[None].particles, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[64].log_weights, got[None].log_weights, rtol=1e-4, atol=1e-3)

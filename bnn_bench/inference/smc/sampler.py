@@ -67,6 +67,7 @@ class SMCConfig(NamedTuple):
     weights: str = "energy"
     chunk_size: int | None = None  # particles moved at once (memory bound); None = all
     particle_map: str = "vmap"  # vmap (dense models) | unroll (convolutions on CPU)
+    data_chunk: int | None = None  # batch rows per gradient evaluation (memory bound); None = all
 
 
 def init(rng_key: jax.Array, prior_std: jax.Array, log_prior: Callable, num_particles: int):
@@ -147,7 +148,9 @@ def _step(
     xb, yb = x[idx], y[idx]
 
     def value_and_grad(theta):
-        return jax.value_and_grad(log_target, has_aux=with_terms)(theta, xb, yb, mask, batch_size)
+        return batch_value_and_grad(
+            log_target, theta, xb, yb, mask, batch_size, has_aux=with_terms, chunk=config.data_chunk
+        )
 
     def move_one(args):
         key, theta = args
@@ -217,6 +220,46 @@ def _step(
 
     new_state = jax.lax.cond(do_resample, resample, keep, None)
     return new_state, SMCInfo(resampled=do_resample, **info_common), stats
+
+
+def batch_value_and_grad(
+    log_target: Callable, theta, x, y, mask, batch_size, *, has_aux: bool, chunk: int | None
+):
+    """(l_B, grad l_B) at theta, or ((l_B, per-example terms), grad) with `has_aux`.
+
+    With `chunk` smaller than the batch, the batch is split into ceil(rows / chunk) equal chunks
+    (padded rows masked out) and a `lax.scan` sums the likelihood part's value and gradient chunk
+    by chunk, adding the log-prior once: activations of one chunk are alive at a time, so the
+    memory of a full-batch move no longer grows with N. Same value as the unchunked call up to
+    float summation order. `log_target` must expose `log_prior` and `likelihood_part` (as
+    posterior.LogTarget does).
+    """
+    rows = x.shape[0]
+    if chunk is None or rows <= chunk:
+        return jax.value_and_grad(log_target, has_aux=has_aux)(theta, x, y, mask, batch_size)
+    num_chunks = -(-rows // chunk)
+    size = -(-rows // num_chunks)
+    pad = num_chunks * size - rows
+
+    def split(a):
+        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+        return a.reshape(num_chunks, size, *a.shape[1:])
+
+    part = jax.value_and_grad(log_target.likelihood_part, has_aux=has_aux)
+
+    def body(carry, chunk_xym):
+        value, grad = carry
+        out, g = part(theta, *chunk_xym, batch_size)
+        v, terms = out if has_aux else (out, None)
+        return (value + v, grad + g), terms
+
+    zero = (jnp.zeros((), theta.dtype), jnp.zeros_like(theta))
+    (value, grad), terms = jax.lax.scan(body, zero, (split(x), split(y), split(mask)))
+    prior, prior_grad = jax.value_and_grad(log_target.log_prior)(theta)
+    value, grad = value + prior, grad + prior_grad
+    if has_aux:
+        return (value, terms.reshape(-1)[:rows]), grad
+    return value, grad
 
 
 def entropy_per_dim(particles: jax.Array, log_weights: jax.Array) -> jax.Array:
