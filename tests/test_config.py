@@ -71,6 +71,11 @@ def test_a_preset_overrides_the_primary_config(composer):
     assert (cfg.dataset.name, cfg.model.name) == ("fashion_mnist", "cnn")
     assert (cfg.smc.num_particles, cfg.smc.num_iterations) == (8, 80)
     assert (cfg.dataset.n_train, cfg.schedule.batch_size, cfg.prior.std) == (1000, 100, 1.0)
+    assert (cfg.schedule.refine_at, cfg.proposal.adapt_step_size) == (0.8, True)
+    # the reproduction's preset inherits it but keeps the paper's r and fixed h
+    paper = composer("experiment=paper_fmnist_cnn_reduced")
+    assert (paper.schedule.refine_at, paper.proposal.adapt_step_size) == (0.9, False)
+    assert (paper.dataset.n_train, paper.schedule.batch_size) == (500, 50)
     # and the command line wins over the preset
     cfg = composer("experiment=fmnist_cnn_reduced", "smc.num_particles=4", "schedule=full")
     assert (cfg.smc.num_particles, cfg.schedule.name) == (4, "full")
