@@ -11,7 +11,10 @@ batch log-target (the quantity a leapfrog step needs) for every particle, along 
               hardware.particle_map=auto picks on this platform (and --chunk particles at a time).
 Rates are particle-example gradients per second (J * M / seconds), the median over --repeats
 timed calls after a warm-up call that compiles. It prints a table and, with --json, writes
-{"matmul_gflops": float, "records": [{"model", "num_particles", "batch_size", "path", "rate"}]}.
+{"matmul_gflops": float, "records": [{"model", "num_particles", "batch_size", "path", "rate"}],
+ "skipped": [{"model", "num_particles", "batch_size", "path", "reason"}]}.
+A configuration that runs out of memory (the naive vmap of the CNN at J=8 and batch 5,000 asks
+for 25 GB) is printed as such, listed under "skipped", and the grid goes on.
 """
 
 from __future__ import annotations
@@ -40,6 +43,16 @@ def median_seconds(fn, args, repeats: int) -> float:
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def rate_or_none(fn, args, repeats: int, examples: int) -> float | None:
+    """Particle-example gradients per second, or None when the device runs out of memory."""
+    try:
+        return examples / median_seconds(fn, args, repeats)
+    except jax.errors.JaxRuntimeError as err:
+        if "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        return None
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -94,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         f"matmul float32: {gflops:.0f} GFLOP/s ({jax.default_backend()}, {jax.device_count()} dev)"
     )
     print(f"batched path: particle_map={particle_map}, chunk={args.chunk}, dtype={args.dtype}")
-    records = []
+    records, skipped = [], []
     header = f"{'model':<7} {'J':>3} {'batch':>6} {'path':<11} {'rate':>10} {'vs single':>10}"
     print(header)
     for model_name in args.models:
@@ -102,31 +115,26 @@ def main(argv: list[str] | None = None) -> None:
             single, naive, batched, particles, dim = gradient_paths(
                 model_name, batch, particle_map, args.chunk, args.dtype
             )
-            single_rate = batch / median_seconds(single, (particles(1)[0],), args.repeats)
+            single_rate = rate_or_none(single, (particles(1)[0],), args.repeats, batch)
             for j in args.particles:
                 rates = {"single": single_rate}
                 if j > 1:
                     th = particles(j)
-                    rates["naive_vmap"] = j * batch / median_seconds(naive, (th,), args.repeats)
-                    rates["batched"] = j * batch / median_seconds(batched, (th,), args.repeats)
+                    rates["naive_vmap"] = rate_or_none(naive, (th,), args.repeats, j * batch)
+                    rates["batched"] = rate_or_none(batched, (th,), args.repeats, j * batch)
                 for path, rate in rates.items():
-                    ratio = rate / single_rate
-                    print(
-                        f"{model_name:<7} {j:>3} {batch:>6} {path:<11} {rate:>10.0f} {ratio:>10.2f}"
-                    )
-                    records.append(
-                        {
-                            "model": model_name,
-                            "num_particles": j,
-                            "batch_size": batch,
-                            "path": path,
-                            "rate": rate,
-                            "dtype": args.dtype,
-                        }
-                    )
+                    where = {"model": model_name, "num_particles": j, "batch_size": batch}
+                    if rate is None:
+                        print(f"{model_name:<7} {j:>3} {batch:>6} {path:<11} {'out of memory':>21}")
+                        skipped.append({**where, "path": path, "reason": "out of memory"})
+                        continue
+                    ratio = f"{rate / single_rate:>10.2f}" if single_rate else f"{'-':>10}"
+                    print(f"{model_name:<7} {j:>3} {batch:>6} {path:<11} {rate:>10.0f} {ratio}")
+                    records.append({**where, "path": path, "rate": rate, "dtype": args.dtype})
                 sys.stdout.flush()
     if args.json:
-        args.json.write_text(json.dumps({"matmul_gflops": gflops, "records": records}, indent=2))
+        out = {"matmul_gflops": gflops, "records": records, "skipped": skipped}
+        args.json.write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")
 
 

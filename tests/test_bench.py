@@ -1,9 +1,12 @@
 """The throughput benchmark runs and writes the documented JSON (speed targets are not tested)."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 
+import jax
+import pytest
 from conftest import REPO
 
 
@@ -24,4 +27,22 @@ def test_bench_throughput_writes_its_records(tmp_path):
     for r in data["records"]:
         assert set(r) == {"model", "num_particles", "batch_size", "path", "rate", "dtype"}
         assert r["model"] == "lenet5" and r["batch_size"] == 32 and r["rate"] > 0
+    assert data["skipped"] == []
     assert "naive_vmap" in proc.stdout  # the printed table
+
+
+def test_a_configuration_out_of_memory_is_skipped_not_fatal():
+    spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def out_of_memory(_):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 25589985072")
+
+    def other_failure(_):
+        raise jax.errors.JaxRuntimeError("INVALID_ARGUMENT: shapes")
+
+    assert bench.rate_or_none(out_of_memory, (0,), 1, 100) is None
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INVALID_ARGUMENT"):
+        bench.rate_or_none(other_failure, (0,), 1, 100)
+    assert bench.rate_or_none(lambda a: jax.numpy.ones(3) * a, (2.0,), 1, 100) > 0
