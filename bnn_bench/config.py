@@ -256,18 +256,13 @@ def validate(cfg) -> None:
     h = cfg.hardware
     _allowed("hardware.platform", h.platform, ("cpu", "gpu", "cuda", "tpu"))
     _allowed("hardware.dtype", h.dtype, ("float32", "float64", "bf16"))
-    if h.particle_chunk is not None:
-        pc = h.particle_chunk
-        _check("hardware.particle_chunk", pc, pc >= 1, "an integer >= 1 (or null for all)")
-    if h.data_chunk is not None:
-        dc = h.data_chunk
-        _check("hardware.data_chunk", dc, dc >= 1, "an integer >= 1 (or null for all)")
+    for key in ("particle_chunk", "data_chunk", "cores_per_job"):
+        count = getattr(h, key)
+        if count is not None:
+            _check(f"hardware.{key}", count, count >= 1, "an integer >= 1 (or null for all)")
     _allowed("hardware.particle_map", h.particle_map, ("auto", "vmap", "unroll"))
     _check("hardware.eval_chunk", h.eval_chunk, h.eval_chunk >= 1, "an integer >= 1")
     _check("hardware.devices", h.devices, h.devices >= 1, "an integer >= 1")
-    if h.cores_per_job is not None:
-        cpj = h.cores_per_job
-        _check("hardware.cores_per_job", cpj, cpj >= 1, "an integer >= 1 (or null for all)")
     _allowed("logger", cfg.logger.name, ("wandb", "none"))
     _allowed("logger.mode", cfg.logger.mode, ("online", "offline", "disabled"))
     _check("eval_every", cfg.eval_every, cfg.eval_every >= 0, ">= 0 (0: only at the end)")

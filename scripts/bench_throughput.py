@@ -13,8 +13,8 @@ Rates are particle-example gradients per second (J * M / seconds), the median ov
 timed calls after a warm-up call that compiles. It prints a table and, with --json, writes
 {"matmul_gflops": float, "records": [{"model", "num_particles", "batch_size", "path", "rate"}],
  "skipped": [{"model", "num_particles", "batch_size", "path", "reason"}]}.
-A configuration that runs out of memory (the naive vmap of the CNN at J=8 and batch 5,000 asks
-for 25 GB) is printed as such, listed under "skipped", and the grid goes on.
+A configuration that runs out of memory (the naive vmap of the CNN at J=16 and batch 5,000 asks
+for 25.6 GB) is printed as such, listed under "skipped", and the grid goes on.
 """
 
 from __future__ import annotations

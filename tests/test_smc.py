@@ -249,12 +249,15 @@ def test_data_chunked_gradient_equals_the_whole_batch(terms):
     lt = make_log_target(post, 500, terms=terms)
     theta = post.sample_prior(jax.random.key(3), 1)[0]
     mask = jnp.arange(37) < 32
-    args = (lt, theta, jnp.asarray(x), jnp.asarray(y), mask, jnp.asarray(32))
-    f = jax.jit(
-        sampler.batch_value_and_grad, static_argnums=0, static_argnames=("has_aux", "chunk")
-    )
-    whole = f(*args, has_aux=terms, chunk=None)
-    chunked = f(*args, has_aux=terms, chunk=10)
+    rows = (jnp.asarray(x), jnp.asarray(y), mask)
+
+    @partial(jax.jit, static_argnames="chunk")
+    def f(theta, rows, chunk):
+        batch = sampler.make_batch(*rows, chunk)
+        return sampler.batch_value_and_grad(lt, theta, batch, jnp.asarray(32), has_aux=terms)
+
+    whole = f(theta, rows, chunk=None)
+    chunked = f(theta, rows, chunk=10)
     close = partial(np.testing.assert_allclose, rtol=2e-5, atol=1e-4)
     jax.tree.map(close, whole, chunked)
     if terms:

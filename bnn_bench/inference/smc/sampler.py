@@ -145,12 +145,10 @@ def _step(
     key_batch, key_move, key_resample = jax.random.split(rng_key, 3)
     num_particles = state.particles.shape[0]
     idx, mask = select_batch(key_batch, x.shape[0], bucket, batch_size)
-    xb, yb = x[idx], y[idx]
+    batch = make_batch(x[idx], y[idx], mask, config.data_chunk)  # split once, not per gradient
 
     def value_and_grad(theta):
-        return batch_value_and_grad(
-            log_target, theta, xb, yb, mask, batch_size, has_aux=with_terms, chunk=config.data_chunk
-        )
+        return batch_value_and_grad(log_target, theta, batch, batch_size, has_aux=with_terms)
 
     def move_one(args):
         key, theta = args
@@ -222,29 +220,44 @@ def _step(
     return new_state, SMCInfo(resampled=do_resample, **info_common), stats
 
 
-def batch_value_and_grad(
-    log_target: Callable, theta, x, y, mask, batch_size, *, has_aux: bool, chunk: int | None
-):
-    """(l_B, grad l_B) at theta, or ((l_B, per-example terms), grad) with `has_aux`.
+class Batch(NamedTuple):
+    """A step's batch rows, whole (leading axis: rows) or split into equal chunks of rows."""
 
-    With `chunk` smaller than the batch, the batch is split into ceil(rows / chunk) equal chunks
-    (padded rows masked out) and a `lax.scan` sums the likelihood part's value and gradient chunk
-    by chunk, adding the log-prior once: activations of one chunk are alive at a time, so the
-    memory of a full-batch move no longer grows with N. Same value as the unchunked call up to
-    float summation order. `log_target` must expose `log_prior` and `likelihood_part` (as
-    posterior.LogTarget does).
-    """
+    x: jax.Array  # (rows, ...) or (num_chunks, size, ...)
+    y: jax.Array
+    mask: jax.Array  # False on padded rows
+    rows: int  # rows before any chunk padding
+    chunked: bool
+
+
+def make_batch(x, y, mask, chunk: int | None) -> Batch:
+    """The batch as it is, or (with `chunk` below its rows) split into ceil(rows / chunk) equal
+    chunks, the rows added to fill the last chunk masked out."""
     rows = x.shape[0]
     if chunk is None or rows <= chunk:
-        return jax.value_and_grad(log_target, has_aux=has_aux)(theta, x, y, mask, batch_size)
+        return Batch(x, y, mask, rows, chunked=False)
     num_chunks = -(-rows // chunk)
     size = -(-rows // num_chunks)
-    pad = num_chunks * size - rows
 
     def split(a):
-        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+        a = jnp.pad(a, [(0, num_chunks * size - rows)] + [(0, 0)] * (a.ndim - 1))
         return a.reshape(num_chunks, size, *a.shape[1:])
 
+    return Batch(split(x), split(y), split(mask), rows, chunked=True)
+
+
+def batch_value_and_grad(log_target: Callable, theta, batch: Batch, batch_size, *, has_aux: bool):
+    """(l_B, grad l_B) at theta, or ((l_B, per-example terms), grad) with `has_aux`.
+
+    On a chunked batch (make_batch) a `lax.scan` sums the likelihood part's value and gradient
+    chunk by chunk and adds the log-prior once: activations of one chunk are alive at a time, so
+    the memory of a full-batch move no longer grows with N. Same value as the whole batch up to
+    float summation order. `log_target` must then expose `log_prior` and `likelihood_part` (as
+    posterior.LogTarget does).
+    """
+    if not batch.chunked:
+        value_and_grad = jax.value_and_grad(log_target, has_aux=has_aux)
+        return value_and_grad(theta, batch.x, batch.y, batch.mask, batch_size)
     part = jax.value_and_grad(log_target.likelihood_part, has_aux=has_aux)
 
     def body(carry, chunk_xym):
@@ -254,11 +267,11 @@ def batch_value_and_grad(
         return (value + v, grad + g), terms
 
     zero = (jnp.zeros((), theta.dtype), jnp.zeros_like(theta))
-    (value, grad), terms = jax.lax.scan(body, zero, (split(x), split(y), split(mask)))
+    (value, grad), terms = jax.lax.scan(body, zero, (batch.x, batch.y, batch.mask))
     prior, prior_grad = jax.value_and_grad(log_target.log_prior)(theta)
     value, grad = value + prior, grad + prior_grad
     if has_aux:
-        return (value, terms.reshape(-1)[:rows]), grad
+        return (value, terms.reshape(-1)[: batch.rows]), grad
     return value, grad
 
 
