@@ -25,6 +25,8 @@ class SMCSettings:
     resample_threshold: float = 0.5
     resampler: str = "systematic"
     weights: str = "energy"
+    path: str = "minibatch"
+    num_mcmc_steps: int = 5
 
 
 @dataclass
@@ -70,6 +72,7 @@ class ProposalConfig:
     mass: str = "identity"
     max_steps: int = 10
     learning_rate: float = 0.05
+    correction: str | None = None
 
 
 @dataclass
@@ -217,6 +220,10 @@ def validate(cfg) -> None:
     _check("smc.resample_threshold", t, 0 <= t <= 1, "in [0, 1]")
     _allowed("smc.resampler", smc.resampler, tuple(RESAMPLERS))
     _allowed("smc.weights", smc.weights, WEIGHTS)
+    if cfg.method.name == "smc":
+        from bnn_bench.exact_smc_run import validate as validate_path
+
+        validate_path(cfg)
     s = cfg.schedule
     _allowed("schedule", s.name, SCHEDULES)
     _check("schedule.batch_size", s.batch_size, s.batch_size >= 1, "an integer >= 1")

@@ -273,7 +273,19 @@ class Reporter:
     def record(self, record: dict[str, Any]) -> None:
         self.metrics.write(record)
         self.wandb.log(record, step=record["iter"])
-        if "ess" in record:
+        if "lambda" in record:  # the exact sampler: the path's progress, acceptance, h
+            extra = (
+                f"lambda {record['lambda']:.3g} | accept {record['accept_mean']:.2f} | "
+                f"h {record['step_size']:.3g}"
+            )
+            self.progress.update(
+                record["iter"],
+                record["batch_size"],
+                record["ess"],
+                extra=extra,
+                fraction=record["progress"],
+            )
+        elif "ess" in record:
             self.progress.update(record["iter"], record.get("batch_size", 0), record["ess"])
         elif "neg_elbo" in record:
             self.progress.update(
@@ -333,6 +345,15 @@ def run_smc(
 
     s, smc = cfg.schedule, cfg.smc
     n = data.n_train
+    if smc.path != "minibatch":  # the exact sampler (nested | tempered)
+        from bnn_bench.exact_smc_run import run_smc_exact
+
+        def evaluate(particles, log_weights, reliability):
+            return evaluate_on_test(cfg, data, posterior, particles, log_weights, reliability)
+
+        return run_smc_exact(
+            cfg, data, posterior, reporter, out_dir, checkpoints, evaluate=evaluate, stop=STOP
+        )
     if s.name in schedules.ADAPTIVE_SCHEDULES or proposal_from_config(cfg).adaptive:
         return run_smc_scheduled(cfg, data, posterior, reporter, out_dir, checkpoints)
     sizes = schedules.batch_sizes(

@@ -108,6 +108,7 @@ class ExactInfo(NamedTuple):
     log_evidence: jax.Array
     forward_rows: jax.Array  # rows of the reweighting forward pass, per particle
     move_rows: jax.Array  # rows of every move gradient, per particle
+    progress: jax.Array  # fraction of the path done: schedule entries, or rows (lam-weighted)
 
 
 def init(
@@ -344,6 +345,9 @@ def step(
         log_evidence=log_evidence,
         forward_rows=jnp.where(adding, jnp.where(plan.automated, cap, m_to), 0),
         move_rows=m_to,
+        progress=new_state.entry / len(plan.sizes)
+        if fixed
+        else (new_state.m_from + new_state.lam * (new_state.m_to - new_state.m_from)) / n,
     )
     return new_state, info
 
@@ -475,6 +479,7 @@ def run(
                 "step_size": float(inf.step_size),
                 "log_evidence": float(inf.log_evidence),
                 "bridged": bool(inf.bridged),
+                "progress": float(inf.progress),
                 "time_s": elapsed,
                 "example_grads": counts["example_grads"],
             }
