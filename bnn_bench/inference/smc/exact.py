@@ -10,10 +10,10 @@ One iteration (`step`):
 1. Choose the next target. When the current one is complete (lam = 1), the next subset size
    comes from the path: `tempered` adds all N rows at once (likelihood tempering), `nested` takes
    the next entry of a fixed schedule, or (schedule "automated") the largest subset, up to
-   `growth` times the current one, whose reweight keeps ESS >= threshold. Adding the new rows in
-   one go would drop the ESS below threshold * J, lam is set by bisection (blackjax's
-   dichotomy on blackjax's log-ESS) so that the ESS is the threshold; later iterations carry on
-   tempering the same rows until lam = 1 exactly ("bridge steps").
+   `growth` times the current one, whose reweight keeps the conditional ESS (Zhou, Johansen &
+   Aston 2016) >= threshold * J. Where adding the new rows in one go would drop it below that,
+   lam is set by bisection (blackjax's dichotomy) so that it is the threshold; later iterations
+   carry on tempering the same rows until lam = 1 exactly ("bridge steps").
 2. Reweight: log w += (lam_new - lam_old) * sum_{added rows} l_i(theta); the running log-evidence
    log Z_hat += logsumexp(log W + increment) with W the normalised previous weights.
 3. Resample (blackjax.smc.resampling) when ESS < threshold * J, and always after a step whose
@@ -159,24 +159,35 @@ def weighted_log_likelihood(log_likelihood: Callable, theta, x, y, weights):
     return jnp.sum(jnp.where(weights > 0, weights * ll, 0.0))
 
 
-def solve_increment(log_weights, added, max_delta, target_ess):
-    """The tempering increment delta in (0, max_delta] whose reweight by delta * added leaves
-    ESS = target_ess (a number of particles), or max_delta if that keeps ESS >= target_ess.
+def log_conditional_ess(log_weights, increments):
+    """log CESS of reweighting the cloud by `increments` (Zhou, Johansen & Aston 2016):
+    CESS = J (sum_j W_j w_j)^2 / sum_j W_j w_j^2 with W the normalised current weights and
+    w_j = exp(increment_j); it equals blackjax's ESS of the increments when the weights are equal.
+    Along the last axis of `increments` (broadcast against log_weights on axis 0)."""
+    lw = jax.nn.log_softmax(log_weights)
+    lw = jnp.reshape(lw, lw.shape + (1,) * (jnp.ndim(increments) - 1))
+    a = jnp.where(jnp.isnan(lw + increments), -jnp.inf, lw + increments)
+    b = jnp.where(jnp.isnan(lw + 2 * increments), -jnp.inf, lw + 2 * increments)
+    num = log_weights.shape[0]
+    return jnp.log(num) + 2 * logsumexp(a, axis=0) - logsumexp(b, axis=0)
 
-    blackjax.smc.solver.dichotomy on blackjax.smc.ess.log_ess, with the current log-weights
-    included (blackjax's ess_solver assumes equal weights). Returns (delta, cut): `cut` when the
-    bisection set delta below max_delta.
+
+def solve_increment(log_weights, added, max_delta, target_ess):
+    """The tempering increment delta in (0, max_delta] whose reweight by delta * added has a
+    conditional ESS of target_ess particles, or max_delta if that keeps it >= target_ess.
+
+    blackjax.smc.solver.dichotomy on the conditional ESS (which is blackjax's ess_solver's ESS
+    when the current weights are equal: right after resampling). Returns (delta, cut): `cut` when
+    the bisection set delta below max_delta.
     """
     added = jnp.where(jnp.isfinite(added), added, -jnp.inf)
     target = jnp.log(target_ess)
 
     def fun(delta):
-        lw = log_weights + delta * added
-        lw = jnp.where(jnp.isnan(lw), -jnp.inf, lw)
-        return bj_ess.log_ess(lw) - target
+        return log_conditional_ess(log_weights, delta * added) - target
 
     delta = bj_solver.dichotomy(fun, 0.0, max_delta)
-    # NaN: the ESS is below target before any increment (only by rounding); take a small step.
+    # NaN: no delta > 0 keeps the target (only by rounding); take a small step.
     delta = jnp.where(jnp.isnan(delta), 1e-3 * max_delta, delta)
     delta = jnp.clip(delta, 1e-6 * max_delta, max_delta)
     cut = delta < max_delta
@@ -184,16 +195,15 @@ def solve_increment(log_weights, added, max_delta, target_ess):
 
 
 def _candidates(ll_rows, log_weights, m_base, cap, target_ess):
-    """automated: the largest m' in (m_base, cap] whose reweight keeps ESS >= target_ess.
+    """automated: the largest m' in (m_base, cap] whose reweight keeps the conditional ESS
+    >= target_ess.
 
     ll_rows (J, rows) per-row log-likelihoods; returns (m', found). The increments of all
     candidates come from one cumulative sum over the rows.
     """
     rows = jnp.arange(ll_rows.shape[1])
     added = jnp.cumsum(jnp.where(rows >= m_base, ll_rows, 0.0), axis=1)  # (J, rows): m' = r + 1
-    lw = log_weights[:, None] + added
-    lw = jnp.where(jnp.isnan(lw), -jnp.inf, lw)
-    log_ess = 2 * logsumexp(lw, axis=0) - logsumexp(2 * lw, axis=0)
+    log_ess = log_conditional_ess(log_weights, added)
     size = rows + 1
     ok = (size > m_base) & (size <= cap) & (log_ess >= jnp.log(target_ess))
     best = jnp.max(jnp.where(ok, size, 0))
