@@ -69,6 +69,11 @@ def validate(cfg: DictConfig) -> None:
             f"schedule={cfg.schedule.name} is not available with smc.path=nested; choose one of: "
             f"{', '.join(NESTED_SCHEDULES)} (or smc.path=minibatch)"
         )
+    if cfg.hardware.data_chunk is not None:
+        raise ConfigError(
+            f"hardware.data_chunk={cfg.hardware.data_chunk} is not available with "
+            f"smc.path={smc.path} yet; use hardware.data_chunk=null (or smc.path=minibatch)"
+        )
     if cfg.hardware.devices > 1:
         raise ConfigError(
             f"hardware.devices={cfg.hardware.devices} is not available with smc.path={smc.path} "

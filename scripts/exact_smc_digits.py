@@ -114,6 +114,16 @@ def main() -> None:
         step_size_last=records[-1]["step_size"],
         **counts,
     )
+    # example-gradients spent at each subset size (bridge steps included), in rows of the target
+    spent: dict[int, int] = {}
+    before = 0
+    for r in records:
+        spent[r["batch_size"]] = spent.get(r["batch_size"], 0) + r["example_grads"] - before
+        before = r["example_grads"]
+    out["example_grads_by_rows"] = spent
+    out["iterations_by_rows"] = {
+        m: sum(r["batch_size"] == m for r in records) for m in sorted(spent)
+    }
     if a.reference:
         ref = np.load(a.reference)["probs"]
         out["tv"] = float(np.mean(0.5 * np.abs(probs - ref).sum(1)))

@@ -265,3 +265,34 @@ def test_step_size_follows_the_acceptance():
     assert float(moves.next_step_size(h, jnp.asarray(0.2), settings)) < 0.1
     fixed = settings._replace(adapt_step_size=False)
     assert float(moves.next_step_size(h, jnp.asarray(0.2), fixed)) == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_a_stopped_run_resumed_from_its_state_ends_where_the_whole_run_does():
+    state, records, counts, _ = blr_run("ctr", 0)
+    start = exact.init(jax.random.key(0), jnp.full(D, PRIOR), 2000, 0.1)
+    common = dict(
+        log_prior=blr_log_prior,
+        log_likelihood=blr_log_likelihood,
+        plan=PLANS["ctr"],
+        config=config(),
+        bucket_sizes=exact.buckets(N, C),
+        num_particles=2000,
+        sync_every=1,
+    )
+    half, status, part = exact.run(
+        jax.random.key(100),
+        start,
+        jnp.asarray(X),
+        jnp.asarray(Y),
+        callback=lambda r, _: r["iter"] >= 5,
+        **common,
+    )
+    assert status == "stopped" and int(half.iteration) == 5
+    rest, status, total = exact.run(
+        jax.random.key(100), half, jnp.asarray(X), jnp.asarray(Y), counts=part, **common
+    )
+    assert status == "finished" and total == counts
+    # equal up to float summation order: syncing every step lets the host pick tighter buckets
+    np.testing.assert_allclose(np.asarray(rest.particles), np.asarray(state.particles), atol=1e-5)
+    assert float(rest.log_evidence) == pytest.approx(float(state.log_evidence), abs=1e-3)
