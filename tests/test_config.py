@@ -147,3 +147,25 @@ def test_adaptive_plan_and_proposal_from_config(composer):
     proposal = proposal_from_config(cfg)
     assert proposal.name == "chees" and proposal.adaptive
     assert not proposal_from_config(composer()).adaptive
+
+
+def test_library_defaults_are_the_clis(composer):
+    # The schema takes its defaults from the library's NamedTuples and no yaml option restates
+    # them differently: what a test gets from the library is what a user gets from the CLI.
+    from bnn_bench import build
+    from bnn_bench.inference.smc.proposals import Proposal
+    from bnn_bench.inference.smc.sampler import SMCConfig
+    from bnn_bench.inference.smc.schedules import SchedulePlan
+    from bnn_bench.inference.vi.family import VIConfig
+
+    cfg = composer()
+    smc = build.smc_config(cfg)
+    assert smc._replace(proposal=None, particle_map="vmap") == SMCConfig(None)
+    assert build.proposal(cfg) == Proposal(cfg.proposal.num_steps, cfg.proposal.step_size)
+    plan = build.schedule_plan(cfg, 1000)
+    assert plan == SchedulePlan("ctr", 1000, cfg.smc.num_iterations, cfg.schedule.batch_size)
+    vi = build.vi_config(composer("method=vi"), 1000)
+    assert vi._replace(sample_map="scan") == VIConfig()
+    for option in ("hmc", "langevin", "chees"):
+        p = build.proposal(composer(f"proposal={option}"))
+        assert p._replace(num_steps=0, step_size=0.0, name="") == Proposal(0, 0.0, name="")

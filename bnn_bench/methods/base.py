@@ -45,6 +45,11 @@ def no_data_checks(cfg: DictConfig, data) -> None:
     """A method with nothing to check against the loaded data."""
 
 
+def no_row(results: dict[str, Any]) -> tuple[str, str]:
+    """A method whose jobs all share one report row."""
+    return "", ""
+
+
 @dataclass(frozen=True)
 class Method:
     """Everything method-specific the runner needs; adding a method is one module and one entry.
@@ -55,7 +60,10 @@ class Method:
     - labels(cfg): what names the job after the method (smc: schedule and proposal; vi: the
       algorithm): W&B's job_type is method/labels[0], the run name method-labels-seedN;
     - progress_key: the record field the progress bar shows (ess, neg_elbo, ...);
-    - check_data(cfg, data): checks that need the loaded data (ConfigError naming the key).
+    - check_data(cfg, data): checks that need the loaded data (ConfigError naming the key);
+    - row(results): the report's (variant, proposal) row of a results.json, variant_order the
+      order of variants in the table, and baselines(variant, proposal): the rows, best first,
+      whose runtime a row's speed-up is measured against (none: no speed-up column).
     """
 
     name: str
@@ -64,3 +72,6 @@ class Method:
     labels: Callable[[DictConfig], tuple[str, ...]]
     progress_key: str
     check_data: Callable[[DictConfig, Any], None] = no_data_checks
+    row: Callable[[dict[str, Any]], tuple[str, str]] = no_row
+    variant_order: tuple[str, ...] = ()
+    baselines: Callable[[str, str], list[tuple[str, str]]] = lambda variant, proposal: []

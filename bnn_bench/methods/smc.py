@@ -137,6 +137,21 @@ def check_data(cfg: DictConfig, data) -> None:
         )
 
 
+def report_row(results: dict[str, Any]) -> tuple[str, str]:
+    """(schedule, proposal); an adapted step size or a diagonal mass is its own row."""
+    proposal = str(results.get("proposal"))
+    if results.get("adapt_step_size"):  # a tuned move is its own row, not mixed with fixed h
+        proposal += "+adapt"
+    if results.get("mass") == "diag":
+        proposal += "+diag"
+    return str(results.get("schedule", "?")), proposal
+
+
+def speedup_baselines(schedule: str, proposal: str) -> list[tuple[str, str]]:
+    """Full-batch SMC with the same move, else with its untuned base (hmc for hmc+adapt)."""
+    return [("full", proposal), ("full", proposal.split("+")[0])]
+
+
 METHOD = Method(
     name="smc",
     run=run,
@@ -144,4 +159,7 @@ METHOD = Method(
     labels=lambda cfg: (cfg.schedule.name, cfg.proposal.name),
     progress_key="ess",
     check_data=check_data,
+    row=report_row,
+    variant_order=("full", "constant", "ctr", "linear", "automated", "sda", "ctr_adaptive"),
+    baselines=speedup_baselines,
 )

@@ -112,4 +112,6 @@ METHOD = Method(
     labels=lambda cfg: (cfg.vi.algorithm,),
     progress_key="neg_elbo",
     check_data=check_data,
+    row=lambda results: (str(results.get("algorithm", "?")), ""),
+    variant_order=("score_prox", "advi", "gsm", "bam"),
 )
