@@ -23,10 +23,11 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 from bnn_bench import metrics
+from bnn_bench.build import load_data
+from bnn_bench.build import posterior as build_posterior
 from bnn_bench.config import register_configs
 from bnn_bench.evaluate import particle_outputs
 from bnn_bench.inference.smc import exact, moves, schedules
-from bnn_bench.run import build_posterior, load_data
 
 REFERENCE = "/work/coord/reference/digits_mlp.npz"
 

@@ -372,6 +372,15 @@ def final_target(state: ExactState, num_data: int) -> str:
     return f"posterior of {m_from} rows with rows {m_from}-{m_to} tempered by {lam:.4g}"
 
 
+def path_finished(state: ExactState, plan: PathPlan) -> bool:
+    """Whether the cloud reached the path's last target (rather than the iteration cap)."""
+    if float(state.lam) < 1.0:
+        return False
+    if plan.path == "tempered" or plan.automated:
+        return int(state.m_to) >= plan.num_data
+    return int(state.entry) >= len(plan.sizes)
+
+
 def buckets(num_data: int, first: int) -> tuple[int, ...]:
     """Row buckets: C, 2C, 4C, ... below N, then N (same as the minibatch path's)."""
     sizes, b = [], max(1, min(first, num_data))

@@ -1,4 +1,4 @@
-"""Entry side of the exact SMC sampler (smc.path = nested | tempered): config -> run -> results.
+"""method=smc, smc.path = nested | tempered: the exact SMC sampler, config -> run -> results.
 
 The pure sampler is inference/smc/exact.py. This module builds its static settings from the
 config, puts the training set on the device once in the path's seeded row order, reports every
@@ -7,7 +7,6 @@ iteration (metrics.jsonl, W&B, progress bar), checkpoints and evaluates the fina
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -127,27 +126,27 @@ def exact_config(cfg: DictConfig, particle_map: str):
     )
 
 
-def run_smc_exact(
-    cfg: DictConfig, data, posterior, reporter, out_dir: Path, checkpoints, *, evaluate, stop
-) -> dict[str, Any]:
-    """The exact sampler end to end; returns the results.json fields specific to the method.
+def run(job) -> dict[str, Any]:
+    """The exact sampler end to end (methods/smc.py hands over smc.path=nested | tempered).
 
-    `evaluate(particles, log_weights, reliability)` gives test metrics; `stop` is the SIGTERM
-    event. Checkpoints hold the whole sampler state (particles, weights, log-evidence, where the
-    path stands, step size), so a resumed run continues exactly.
+    Returns the results.json fields specific to it. Checkpoints hold the whole sampler state
+    (particles, weights, log-evidence, where the path stands, step size), so a resumed run
+    continues exactly.
     """
     import jax
     import jax.numpy as jnp
     import numpy as np
 
+    from bnn_bench import build
     from bnn_bench.inference.smc import exact
+    from bnn_bench.lifecycle import raise_if_stopped
     from bnn_bench.metrics import ess
-    from bnn_bench.run import particle_map, raise_if_stopped, smc_divergence
     from bnn_bench.tracking import write_posterior
 
+    cfg, data, posterior = job.cfg, job.data, job.posterior
     smc, n = cfg.smc, data.n_train
     plan = path_plan(cfg, n)
-    config = exact_config(cfg, particle_map(cfg))
+    config = exact_config(cfg, build.particle_map(cfg))
     # The path's row order: a fixed seeded permutation, on the device once; D_k is its prefix.
     order = np.random.default_rng(cfg.seed).permutation(n)
     x, y = jnp.asarray(data.x_train[order]), jnp.asarray(data.y_train[order])
@@ -155,11 +154,12 @@ def run_smc_exact(
     state = exact.init(key_init, posterior.prior_std, smc.num_particles, cfg.proposal.step_size)
     counts = None
     elapsed = 0.0
-    if checkpoints.resumed is not None:
-        state, meta = checkpoints.read(state)
+    if job.checkpoints.resumed is not None:
+        state, meta = job.checkpoints.read(state)
         counts, elapsed = meta["run_counts"], meta["elapsed"]
     last = {"checkpointed": int(state.iteration), "evaluated": int(state.iteration)}
     tally = dict(counts or {"iterations": 0, "example_grads": 0, "n_resample": 0, "n_bridge": 0})
+    every = job.checkpoints.every
 
     def callback(record, st):
         k = record["iter"]
@@ -168,14 +168,18 @@ def run_smc_exact(
         tally["n_bridge"] += int(record["bridged"])
         if st is not None and cfg.eval_every and k - last["evaluated"] >= cfg.eval_every:
             last["evaluated"] = k
-            test = evaluate(st.particles, st.log_weights, False)
+            test = job.test_metrics(st.particles, st.log_weights, False)
             record.update({f"test_{name}": v for name, v in test.items()})
-        reporter.record(record)
-        due = checkpoints.every > 0 and k - last["checkpointed"] >= checkpoints.every
-        if st is not None and (due or stop.is_set()):
+        job.reporter.record(record)
+        due = every > 0 and k - last["checkpointed"] >= every
+        if st is not None and (due or job.should_stop()):
             last["checkpointed"] = k
-            checkpoints.write(
-                st, k, run_counts=dict(tally), elapsed=record["time_s"], wandb_id=reporter.run_id
+            job.checkpoints.write(
+                st,
+                k,
+                run_counts=dict(tally),
+                elapsed=record["time_s"],
+                wandb_id=job.reporter.run_id,
             )
 
     state, status, run_counts = exact.run(
@@ -191,17 +195,19 @@ def run_smc_exact(
         num_particles=smc.num_particles,
         callback=callback,
         sync_every=cfg.log_every,
-        should_stop=stop.is_set,
+        should_stop=job.should_stop,
         counts=counts,
         elapsed=elapsed,
     )
-    raise_if_stopped(status, run_counts["iterations"], out_dir, smc_divergence(cfg))
-    results = evaluate(state.particles, state.log_weights, True)
+    from bnn_bench.methods.smc import divergence_message
+
+    raise_if_stopped(status, run_counts["iterations"], job.out_dir, divergence_message(cfg))
+    results = job.test_metrics(state.particles, state.log_weights, True)
     if cfg.save_posterior:
-        write_posterior(out_dir / "posterior.npz", state.particles, state.log_weights)
+        write_posterior(job.out_dir / "posterior.npz", state.particles, state.log_weights)
     final = exact.final_target(state, n)
-    if plan.path == "nested" and not plan.automated and int(state.iteration) >= plan.max_iterations:
-        final += " (stopped at the iteration cap)"
+    if not exact.path_finished(state, plan):
+        final += f" (stopped at the iteration cap, {plan.max_iterations})"
     results.update(
         path=smc.path,
         schedule=None if smc.path == "tempered" else cfg.schedule.name,
