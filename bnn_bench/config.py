@@ -236,7 +236,7 @@ def validate(cfg) -> None:
     _allowed("smc.resampler", smc.resampler, tuple(RESAMPLERS))
     _allowed("smc.weights", smc.weights, WEIGHTS)
     if cfg.method.name == "smc":
-        from bnn_bench.exact_smc_run import validate as validate_path
+        from bnn_bench.methods.smc_exact import validate as validate_path
 
         validate_path(cfg)
     s = cfg.schedule

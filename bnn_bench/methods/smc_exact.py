@@ -122,7 +122,7 @@ def exact_config(cfg: DictConfig, particle_map: str):
         resample_threshold=cfg.smc.resample_threshold,
         resampler=cfg.smc.resampler,
         particle_map=particle_map,
-        chunk_size=cfg.hardware.particle_chunk,
+        particle_chunk=cfg.hardware.particle_chunk,
     )
 
 

@@ -72,7 +72,7 @@ class ExactConfig(NamedTuple):
     resample_threshold: float
     resampler: str
     particle_map: str = "vmap"
-    chunk_size: int | None = None
+    particle_chunk: int | None = None
 
 
 class ExactState(NamedTuple):
@@ -313,7 +313,7 @@ def step(
         config.move,
         inverse_mass=inverse_mass,
         particle_map=config.particle_map,
-        chunk_size=config.chunk_size,
+        particle_chunk=config.particle_chunk,
     )
     finite = jnp.all(jnp.isfinite(moved), axis=1)
     moved = jnp.where(finite[:, None], moved, particles)

@@ -47,7 +47,7 @@ def mh_moves(
     *,
     inverse_mass: jax.Array | None = None,
     particle_map: str = "vmap",
-    chunk_size: int | None = None,
+    particle_chunk: int | None = None,
 ) -> tuple[jax.Array, MoveInfo]:
     """Move every row of `positions` with `num_mcmc_steps` gamma-invariant HMC steps.
 
@@ -74,7 +74,7 @@ def mh_moves(
 
     keys = jax.random.split(rng_key, positions.shape[0])
     moved, accept, divergent = map_particles(
-        one, (keys, positions), particle_map=particle_map, chunk_size=chunk_size
+        one, (keys, positions), particle_map=particle_map, particle_chunk=particle_chunk
     )
     return moved, MoveInfo(accept=accept, divergent=divergent)
 
