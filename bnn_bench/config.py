@@ -37,8 +37,14 @@ class VISettings:
     num_samples: int = 4
     prox_weight: float = 1.0
     prox_growth: float = 1.0
-    inner_steps: int = 10
+    prox_schedule: str = "linear"
+    max_mean_step: float = 1.0
+    max_var_ratio: float = 2.0
+    inner_steps: int = 100
+    inner_tol: float = 0.001
     learning_rate: float = 0.001
+    bam_lambda0: float = 100.0
+    batch_per_sample: bool = False
     num_predictive_samples: int = 32
     init_std: float = 0.01
 
@@ -274,7 +280,7 @@ def validate(cfg) -> None:
 def validate_vi(vi) -> None:
     """Values of the `vi:` section (checked whatever the method, so a sweep fails up front)."""
     from bnn_bench.inference.vi import ALGORITHM_FAMILIES
-    from bnn_bench.inference.vi.family import FAMILIES
+    from bnn_bench.inference.vi.family import FAMILIES, PROX_SCHEDULES
 
     _allowed("vi.algorithm", vi.algorithm, tuple(ALGORITHM_FAMILIES))
     _allowed("vi.family", vi.family, FAMILIES)
@@ -291,8 +297,13 @@ def validate_vi(vi) -> None:
     _check("vi.num_samples", vi.num_samples, vi.num_samples >= least, f"an integer >= {least}")
     _check("vi.prox_weight", vi.prox_weight, vi.prox_weight > 0, "> 0")
     _check("vi.prox_growth", vi.prox_growth, vi.prox_growth >= 0, ">= 0")
+    _allowed("vi.prox_schedule", vi.prox_schedule, PROX_SCHEDULES)
+    _check("vi.max_mean_step", vi.max_mean_step, vi.max_mean_step > 0, "> 0")
+    _check("vi.max_var_ratio", vi.max_var_ratio, vi.max_var_ratio > 1, "> 1")
     _check("vi.inner_steps", vi.inner_steps, vi.inner_steps >= 1, "an integer >= 1")
+    _check("vi.inner_tol", vi.inner_tol, vi.inner_tol > 0, "> 0")
     _check("vi.learning_rate", vi.learning_rate, vi.learning_rate > 0, "> 0")
+    _check("vi.bam_lambda0", vi.bam_lambda0, vi.bam_lambda0 > 0, "> 0")
     n = vi.num_predictive_samples
     _check("vi.num_predictive_samples", n, n >= 1, "an integer >= 1")
     _check("vi.init_std", vi.init_std, vi.init_std > 0, "> 0")

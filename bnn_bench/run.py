@@ -558,6 +558,9 @@ def run_smc_scheduled(
     return results
 
 
+VI_ELBO_KEYS = ("neg_elbo", "expected_log_lik", "kl_prior")  # neg_elbo = kl - log-lik
+
+
 def run_vi(
     cfg: DictConfig, data, posterior, reporter: Reporter, out_dir: Path, checkpoints: Checkpoints
 ) -> dict[str, Any]:
@@ -579,8 +582,14 @@ def run_vi(
         batch_size=min(vi.batch_size, n),
         prox_weight=vi.prox_weight,
         prox_growth=vi.prox_growth,
+        prox_schedule=vi.prox_schedule,
+        max_mean_step=vi.max_mean_step,
+        max_var_ratio=vi.max_var_ratio,
         inner_steps=vi.inner_steps,
+        inner_tol=vi.inner_tol,
         learning_rate=vi.learning_rate,
+        bam_lambda0=vi.bam_lambda0,
+        batch_per_sample=bool(vi.batch_per_sample),
         family=vi.family,
         rank=rank,
         sample_map="unroll" if particle_map(cfg) == "unroll" else "scan",
@@ -648,7 +657,7 @@ def run_vi(
         batch_size=config.batch_size,
         iterations=len(history),
         example_grads=history[-1]["example_grads"] if history else 0,
-        neg_elbo=float(np.mean([r["neg_elbo"] for r in tail])),
+        **{k: float(np.mean([r[k] for r in tail])) for k in VI_ELBO_KEYS},
         score_loss=float(np.mean([r["score_loss"] for r in tail])),
         n_rejected=sum(int(r["rejected"]) for r in history),
         devices=len(jax.tree.leaves(state.q)[0].sharding.device_set),  # VI does not split q

@@ -154,7 +154,7 @@ def test_minibatch_score_is_unbiased_for_the_full_data_score():
     full = jax.grad(lt)(theta, x, y, jnp.ones(n, bool), n)
 
     def one(key):
-        return family.minibatch_value_and_grad(lt, key, x, y, m)(theta)[1]
+        return family.minibatch_value_and_grad(lt, key, x, y, VIConfig(batch_size=m))(theta, 0)[1]
 
     grads = jax.lax.map(one, jax.random.split(jax.random.key(1), draws), batch_size=500)
     mean = np.asarray(grads.mean(0))

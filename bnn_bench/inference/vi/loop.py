@@ -39,11 +39,12 @@ def run(
     | "interrupted").
 
     `callback(record, state)` gets one record per iteration (iter, batch_size, neg_elbo,
-    score_loss, rejected, rejected_run, time_s, example_grads); `state` is passed at the last
-    iteration, where `state_at(iteration)` is true and when `should_stop()` turns true, None
-    otherwise. A callback returning True stops the run. "diverged": the update was non-finite
-    (and rejected) `max_rejected` times in a row. Step k's randomness is fold_in(rng_key, k): a
-    run resumed with `start`, the state there and the counters continues exactly.
+    expected_log_lik, kl_prior, score_loss, rejected, rejected_run, time_s, example_grads);
+    `state` is passed at the last iteration, where `state_at(iteration)` is true and when
+    `should_stop()` turns true, None otherwise. A callback returning True stops the run.
+    "diverged": the update was non-finite (and rejected) `max_rejected` times in a row. Step k's
+    randomness is fold_in(rng_key, k): a run resumed with `start`, the state there and the
+    counters continues exactly.
     """
     batch = min(config.batch_size, x.shape[0])
     pending = []
@@ -65,6 +66,8 @@ def run(
                 "iter": it,
                 "batch_size": batch,
                 "neg_elbo": float(inf.neg_elbo),
+                "expected_log_lik": float(inf.expected_log_lik),
+                "kl_prior": float(inf.kl_prior),
                 "score_loss": float(inf.score_loss),
                 "rejected": bool(inf.rejected),
                 "time_s": elapsed,
