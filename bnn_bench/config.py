@@ -36,7 +36,7 @@ class VISettings:
     batch_size: int = 100
     num_samples: int = 4
     prox_weight: float = 1.0
-    prox_growth: float = 1.0
+    prox_growth: float = 0.3
     prox_schedule: str = "linear"
     max_mean_step: float = 1.0
     max_var_ratio: float = 2.0
@@ -45,6 +45,7 @@ class VISettings:
     learning_rate: float = 0.001
     bam_lambda0: float = 100.0
     batch_per_sample: bool = False
+    snapshot_every: int = 10
     num_predictive_samples: int = 32
     init_std: float = 0.01
 
@@ -303,6 +304,8 @@ def validate_vi(vi) -> None:
     _check("vi.inner_steps", vi.inner_steps, vi.inner_steps >= 1, "an integer >= 1")
     _check("vi.inner_tol", vi.inner_tol, vi.inner_tol > 0, "> 0")
     _check("vi.learning_rate", vi.learning_rate, vi.learning_rate > 0, "> 0")
+    se = vi.snapshot_every
+    _check("vi.snapshot_every", se, se >= 0, "an integer >= 0 (0: no control variate)")
     _check("vi.bam_lambda0", vi.bam_lambda0, vi.bam_lambda0 > 0, "> 0")
     n = vi.num_predictive_samples
     _check("vi.num_predictive_samples", n, n >= 1, "an integer >= 1")

@@ -590,6 +590,7 @@ def run_vi(
         learning_rate=vi.learning_rate,
         bam_lambda0=vi.bam_lambda0,
         batch_per_sample=bool(vi.batch_per_sample),
+        snapshot_every=vi.snapshot_every if vi.algorithm == "score_prox" else 0,  # its option
         family=vi.family,
         rank=rank,
         sample_map="unroll" if particle_map(cfg) == "unroll" else "scan",

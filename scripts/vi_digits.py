@@ -2,13 +2,14 @@
 
 Usage (from the repo root):
     python scripts/vi_digits.py --seeds 0 1 2 3 4 --reference /work/coord/reference/digits_mlp.npz \
-        -- vi.algorithm=score_prox vi.num_iterations=1000
+        -- vi.algorithm=score_prox -- vi.algorithm=advi vi.learning_rate=0.01
 
-Everything after `--` is a Hydra override of the composed config (method=vi is implied), so the
-run is the CLI's `bnn-bench method=vi ...` with the same keys, split and seeds; the script only
-keeps the data, the model and the compiled step in one process across seeds, and adds the
-total variation TV = mean_i 0.5 sum_k |p_ik - r_ik| and the argmax agreement with the reference
-probabilities `probs` (n_test x K). One JSON line per seed on stdout, then a summary line.
+Every group after a `--` is one set of Hydra overrides of the composed config (several groups
+run one after another; method=vi is implied), so each run is the CLI's `bnn-bench method=vi ...`
+with the same keys, split and seeds; the script keeps the data and the compiled step in one
+process, and adds the total variation TV = mean_i 0.5 sum_k |p_ik - r_ik| and the argmax
+agreement with the reference probabilities `probs` (n_test x K). One JSON line per seed on
+stdout, then a summary line per group (means; *_se: standard errors over seeds).
 """
 
 from __future__ import annotations
@@ -49,11 +50,12 @@ def _entry():
 def vi_config(cfg, n: int) -> family.VIConfig:
     vi = cfg.vi
     fields = set(family.VIConfig._fields) - {"batch_size", "rank", "sample_map"}
-    return family.VIConfig(
+    config = family.VIConfig(
         batch_size=min(vi.batch_size, n),
         rank=vi.rank if vi.family == "lowrank" else 0,
         **{k: (bool(vi[k]) if k == "batch_per_sample" else vi[k]) for k in fields if k in vi},
     )
+    return config if vi.algorithm == "score_prox" else config._replace(snapshot_every=0)
 
 
 def run_one(cfg, data, posterior, reference: np.ndarray | None) -> dict:
@@ -103,11 +105,17 @@ def run_one(cfg, data, posterior, reference: np.ndarray | None) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    if "--" in argv:
-        i = argv.index("--")
-        argv, overrides = argv[:i], argv[i + 1 :]
-    else:
-        overrides = []
+    groups, current = [], None
+    options = []
+    for a in argv:
+        if a == "--":
+            current = []
+            groups.append(current)
+        elif current is None:
+            options.append(a)
+        else:
+            current.append(a)
+    argv, groups = options, groups or [[]]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--reference", type=Path, default=None)
@@ -115,18 +123,22 @@ def main(argv: list[str]) -> None:
     reference = np.load(args.reference)["probs"] if args.reference else None
     register_configs()
     entry = _entry()
-    rows = []
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        for seed in args.seeds:
-            cfg = compose(
-                "config", overrides=["method=vi", "logger=none", *overrides, f"seed={seed}"]
-            )
-            validate(cfg)
-            data = entry.load_data(cfg)
-            posterior = entry.build_posterior(cfg, data)
-            row = run_one(cfg, data, posterior, reference)
-            rows.append(row)
-            print(json.dumps({"overrides": overrides, **row}), flush=True)
+        for overrides in groups:
+            run_group(overrides, args.seeds, entry, reference)
+
+
+def run_group(overrides, seeds, entry, reference) -> None:
+    """All seeds of one override set, then its summary line."""
+    rows = []
+    for seed in seeds:
+        cfg = compose("config", overrides=["method=vi", "logger=none", *overrides, f"seed={seed}"])
+        validate(cfg)
+        data = entry.load_data(cfg)
+        posterior = entry.build_posterior(cfg, data)
+        row = run_one(cfg, data, posterior, reference)
+        rows.append(row)
+        print(json.dumps({"overrides": overrides, **row}), flush=True)
     keys = ["accuracy", "nll", "ece", "neg_elbo", "expected_log_lik", "kl_prior", "runtime_s"]
     keys += ["tv", "agreement"] if reference is not None else []
     summary = {k: float(np.mean([r[k] for r in rows])) for k in keys}
@@ -140,7 +152,7 @@ def main(argv: list[str]) -> None:
         }
     )
     summary["collapsed"] = sum(r["collapsed"] for r in rows)
-    print(json.dumps({"summary": overrides, "seeds": args.seeds, **summary}), flush=True)
+    print(json.dumps({"summary": overrides, "seeds": seeds, **summary}), flush=True)
 
 
 if __name__ == "__main__":

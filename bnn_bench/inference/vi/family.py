@@ -20,20 +20,20 @@ import jax.numpy as jnp
 
 FAMILIES = ("diag", "lowrank")
 SAMPLE_MAPS = ("scan", "unroll")
-PROX_SCHEDULES = ("linear", "sqrt")
+PROX_SCHEDULES = ("linear", "sqrt", "adaptive")
 
 
 class VIConfig(NamedTuple):
     """Static settings shared by the VI algorithms (hashable: part of the jit cache key).
 
-    The defaults are the config schema's (bnn_bench.config.VISettings), where they are set.
+    The defaults are the config schema's (bnn_bench.config.VISettings; tests check they agree).
     """
 
     num_samples: int = 4  # S, samples of q per iteration
     batch_size: int = 100  # M, rows per minibatch score (>= N: the full data)
     prox_weight: float = 1.0  # rho_0: proximal (KL) weight at t = 0
-    prox_growth: float = 1.0  # rho_1: rho_t = rho_0 + rho_1 t (linear) or rho_1 sqrt(t) (sqrt)
-    prox_schedule: str = "linear"  # linear | sqrt
+    prox_growth: float = 0.3  # rho_1: rho_t = rho_0 + rho_1 t (linear; see `prox_rho`)
+    prox_schedule: str = "linear"  # linear | sqrt | adaptive (see `prox_rho`)
     max_mean_step: float = 1.0  # trust region: mean move per iteration, in current sds
     max_var_ratio: float = 2.0  # trust region: variance change factor per iteration
     inner_steps: int = 100  # L-BFGS iterations at most (score_prox lowrank)
@@ -41,6 +41,7 @@ class VIConfig(NamedTuple):
     learning_rate: float = 1e-3  # Adam step (advi)
     bam_lambda0: float = 100.0  # BaM's learning rate lambda_t = bam_lambda0 / (1 + t)
     batch_per_sample: bool = False  # an independent minibatch for each of the S samples
+    snapshot_every: int = 10  # control-variate score at a snapshot of q's mean, every K (0: off)
     family: str = "diag"
     rank: int = 0
     sample_map: str = "scan"  # scan | unroll (see `stream`)
@@ -160,18 +161,86 @@ def select_batch(rng_key: jax.Array, num_data: int, batch_size: int):
     return jax.random.permutation(rng_key, num_data)[:batch_size]
 
 
+class Snapshot(NamedTuple):
+    """The control variate's anchor: a point theta~ (q's mean when taken) and the full-data
+    score there, grad l(theta~)."""
+
+    theta: jax.Array
+    grad: jax.Array
+
+
+def full_data_grad(log_target: Callable, theta: jax.Array, x: jax.Array, y: jax.Array, chunk: int):
+    """grad l(theta) on all N rows, summed over chunks of `chunk` rows (the last one masked)."""
+    n = x.shape[0]
+    if not hasattr(log_target, "likelihood_part"):  # a synthetic target: one call on all rows
+        return jax.grad(log_target)(theta, x, y, jnp.ones(n, bool), jnp.asarray(n, jnp.int32))
+    chunk = min(chunk, n)
+    k = -(-n // chunk)
+    pad = k * chunk - n
+    xs = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(
+        k, chunk, *x.shape[1:]
+    )
+    ys = jnp.concatenate([y, jnp.zeros((pad, *y.shape[1:]), y.dtype)]).reshape(
+        k, chunk, *y.shape[1:]
+    )
+    masks = (jnp.arange(k * chunk) < n).reshape(k, chunk)
+    size = jnp.asarray(n, jnp.int32)  # N / |B| = 1: each chunk adds its plain sum
+
+    def one(acc, batch):
+        xb, yb, mb = batch
+        return acc + jax.grad(log_target.likelihood_part)(theta, xb, yb, mb, size), None
+
+    lik, _ = jax.lax.scan(one, jnp.zeros_like(theta), (xs, ys, masks))
+    return lik + jax.grad(log_target.log_prior)(theta)
+
+
+def take_snapshot(log_target, q: Gaussian, x, y, config: VIConfig, snap: Snapshot, t) -> Snapshot:
+    """A fresh snapshot at q's mean every `config.snapshot_every` iterations (t = 0, K, 2K,
+    ...), else `snap` unchanged."""
+    return jax.lax.cond(
+        t % config.snapshot_every == 0,
+        lambda: Snapshot(q.mean, full_data_grad(log_target, q.mean, x, y, config.batch_size)),
+        lambda: snap,
+    )
+
+
+def empty_snapshot(q: Gaussian) -> Snapshot:
+    return Snapshot(jnp.zeros_like(q.mean), jnp.zeros_like(q.mean))
+
+
+def example_grads_per_step(config: VIConfig, num_data: int, t: int) -> int:
+    """Rows whose gradient step t (1, 2, ...) computes: S M, plus with the control variate M
+    (shared batch) or S M (batch_per_sample) at the snapshot, plus N when the snapshot is
+    refreshed."""
+    batch = min(config.batch_size, num_data)
+    grads = config.num_samples * batch
+    if config.snapshot_every:
+        grads += batch * (config.num_samples if config.batch_per_sample else 1)
+        grads += num_data if (t - 1) % config.snapshot_every == 0 else 0
+    return grads
+
+
 def minibatch_value_and_grad(
-    log_target: Callable, rng_key: jax.Array, x: jax.Array, y: jax.Array, config: VIConfig
+    log_target: Callable,
+    rng_key: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    config: VIConfig,
+    snapshot: Snapshot | None = None,
 ) -> Callable:
-    """(theta, s) -> ((l_B(theta), log prior(theta)), grad l_B(theta)) for sample s.
+    """(theta, s) -> ((l_B(theta), log prior(theta)), score) for sample s.
 
     l_B = log prior + (N / |B|) sum_{i in B} log p(y_i | x_i, theta): unbiased for the full-data
     log-target and its score, for every theta, over the draw of B. B is one fresh batch of
     `config.batch_size` rows shared by all samples of the iteration, or with
     `config.batch_per_sample` an independent batch for each sample s (batch noise then averages
-    over the S samples, at the same number of example gradients). The log prior is
-    `log_target.log_prior` where the target has one (bnn_bench.posterior.LogTarget), else 0:
-    it splits the ELBO into its expected log-likelihood and KL(q || prior).
+    over the S samples, at the same number of example gradients). The score is grad l_B(theta),
+    or with a `snapshot` the control-variate score
+        grad l_B(theta) - grad l_B(theta~) + grad l(theta~),
+    still unbiased, whose batch noise shrinks as theta approaches theta~ (SVRG's estimator). The
+    log prior is `log_target.log_prior` where the target has one
+    (bnn_bench.posterior.LogTarget), else 0: it splits the ELBO into its expected log-likelihood
+    and KL(q || prior).
     """
     num_data = x.shape[0]
     log_prior = getattr(log_target, "log_prior", None)
@@ -181,14 +250,23 @@ def minibatch_value_and_grad(
         idx = select_batch(key, num_data, config.batch_size)
         return x[idx], y[idx]
 
-    if not config.batch_per_sample:
-        shared = batch(0)
     size = jnp.asarray(min(config.batch_size, num_data), jnp.int32)
     mask = jnp.ones(min(config.batch_size, num_data), dtype=bool)
+
+    def anchor_grad(xb, yb):
+        return jax.grad(log_target)(snapshot.theta, xb, yb, mask, size)
+
+    if not config.batch_per_sample:
+        shared = batch(0)
+        if snapshot is not None:
+            shared_anchor = anchor_grad(*shared)
 
     def value_and_grad(theta, s):
         xb, yb = batch(s) if config.batch_per_sample else shared
         value, grad = jax.value_and_grad(log_target)(theta, xb, yb, mask, size)
+        if snapshot is not None:
+            anchor = anchor_grad(xb, yb) if config.batch_per_sample else shared_anchor
+            grad = grad - anchor + snapshot.grad
         prior = log_prior(theta) if log_prior is not None else jnp.zeros_like(value)
         return (value, prior), grad
 
@@ -277,11 +355,18 @@ def add_moments(q: Gaussian, m: Moments, theta, value, grad) -> Moments:
 
 
 def moments_stream(
-    rng_key, q: Gaussian, x, y, *, log_target: Callable, config: VIConfig
+    rng_key,
+    q: Gaussian,
+    x,
+    y,
+    *,
+    log_target: Callable,
+    config: VIConfig,
+    snapshot: Snapshot | None = None,
 ) -> Moments:
-    """Moments of S samples of q with their minibatch scores on one fresh batch."""
+    """Moments of S samples of q with their minibatch scores on fresh batches."""
     key_batch, key_samples = jax.random.split(rng_key)
-    vg = minibatch_value_and_grad(log_target, key_batch, x, y, config)
+    vg = minibatch_value_and_grad(log_target, key_batch, x, y, config, snapshot)
     return stream(
         key_samples,
         q,
@@ -293,13 +378,17 @@ def moments_stream(
     )
 
 
-def prox_rho(config: VIConfig, t: jax.Array) -> jax.Array:
-    """The growing proximal weight rho_t = rho_0 + rho_1 t (prox_schedule=linear) or
-    rho_0 + rho_1 sqrt(t) (sqrt), t = 0, 1, ..."""
+def prox_rho(config: VIConfig, t: jax.Array, reversals: jax.Array | None = None) -> jax.Array:
+    """The growing proximal weight, t = 0, 1, ...: rho_t = rho_0 + rho_1 t (prox_schedule=linear),
+    rho_0 + rho_1 sqrt(t) (sqrt), or rho_0 + rho_1 k_t (adaptive), where k_t counts the
+    iterations so far whose mean step reversed the previous one (Kesten's rule: rho grows only
+    while the steps are dominated by score noise, not while q is still travelling)."""
     if config.prox_schedule == "linear":
         return config.prox_weight + config.prox_growth * t
     if config.prox_schedule == "sqrt":
         return config.prox_weight + config.prox_growth * jnp.sqrt(t.astype(jnp.float32))
+    if config.prox_schedule == "adaptive":
+        return config.prox_weight + config.prox_growth * reversals
     raise ValueError(f"prox_schedule must be one of {PROX_SCHEDULES}, got {config.prox_schedule!r}")
 
 

@@ -12,7 +12,7 @@ from types import ModuleType
 
 import jax
 
-from bnn_bench.inference.vi.family import VIConfig
+from bnn_bench.inference.vi.family import VIConfig, example_grads_per_step
 
 
 def run(
@@ -61,7 +61,7 @@ def run(
         infos = jax.device_get([p[1] for p in pending])
         elapsed = time.perf_counter() - t0
         for (it, _), inf in zip(pending, infos, strict=True):
-            example_grads += config.num_samples * batch
+            example_grads += example_grads_per_step(config, x.shape[0], it)
             record = {
                 "iter": it,
                 "batch_size": batch,
