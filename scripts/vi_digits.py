@@ -28,40 +28,17 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bnn_bench import metrics  # noqa: E402
+from bnn_bench import build, metrics  # noqa: E402
 from bnn_bench.config import register_configs, validate  # noqa: E402
 from bnn_bench.evaluate import particle_outputs  # noqa: E402
 from bnn_bench.inference.vi import ALGORITHMS, family, loop  # noqa: E402
 from bnn_bench.posterior import make_log_target  # noqa: E402
 
 
-def _entry():
-    """The entry-layer helpers (run.py before the layout refactor, build.py after it)."""
-    try:
-        from bnn_bench import build
-
-        return build
-    except ImportError:
-        from bnn_bench import run
-
-        return run
-
-
-def vi_config(cfg, n: int) -> family.VIConfig:
-    vi = cfg.vi
-    fields = set(family.VIConfig._fields) - {"batch_size", "rank", "sample_map"}
-    config = family.VIConfig(
-        batch_size=min(vi.batch_size, n),
-        rank=vi.rank if vi.family == "lowrank" else 0,
-        **{k: (bool(vi[k]) if k == "batch_per_sample" else vi[k]) for k in fields if k in vi},
-    )
-    return config if vi.algorithm == "score_prox" else config._replace(snapshot_every=0)
-
-
 def run_one(cfg, data, posterior, reference: np.ndarray | None) -> dict:
     vi = cfg.vi
     n = data.n_train
-    config = vi_config(cfg, n)
+    config = build.vi_config(cfg, n)
     algorithm = ALGORITHMS[vi.algorithm]
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     key_init, key_run, key_pred = jax.random.split(jax.random.key(cfg.seed), 3)
@@ -122,20 +99,19 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     reference = np.load(args.reference)["probs"] if args.reference else None
     register_configs()
-    entry = _entry()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         for overrides in groups:
-            run_group(overrides, args.seeds, entry, reference)
+            run_group(overrides, args.seeds, reference)
 
 
-def run_group(overrides, seeds, entry, reference) -> None:
+def run_group(overrides, seeds, reference) -> None:
     """All seeds of one override set, then its summary line."""
     rows = []
     for seed in seeds:
         cfg = compose("config", overrides=["method=vi", "logger=none", *overrides, f"seed={seed}"])
         validate(cfg)
-        data = entry.load_data(cfg)
-        posterior = entry.build_posterior(cfg, data)
+        data = build.load_data(cfg)
+        posterior = build.posterior(cfg, data)
         row = run_one(cfg, data, posterior, reference)
         rows.append(row)
         print(json.dumps({"overrides": overrides, **row}), flush=True)

@@ -26,8 +26,8 @@ PROX_SCHEDULES = ("linear", "sqrt", "adaptive")
 class VIConfig(NamedTuple):
     """Static settings shared by the VI algorithms (hashable: part of the jit cache key).
 
-    The defaults are the config schema's (bnn_bench.config.VISettings; tests check they agree).
-    """
+    These defaults are the CLI's too: the config schema (bnn_bench/config.py) takes them from
+    here."""
 
     num_samples: int = 4  # S, samples of q per iteration
     batch_size: int = 100  # M, rows per minibatch score (>= N: the full data)
