@@ -28,6 +28,7 @@ def load_data(cfg: DictConfig):
         n_train=d.n_train,
         n_test=d.n_test,
         test_fraction=d.test_fraction,
+        val_fraction=d.val_fraction,
         seed=cfg.seed,
         **options,
     )

@@ -100,6 +100,7 @@ class DatasetConfig:
     n_train: int | None = None
     n_test: int | None = None
     test_fraction: float = 0.2
+    val_fraction: float = 0.0
     task: str | None = None
     dim: int = 5
     noise_std: float = 0.5
@@ -266,6 +267,8 @@ def validate(cfg) -> None:
     _check("proposal.learning_rate", lr, lr > 0, "> 0")
     d = cfg.dataset
     _check("dataset.test_fraction", d.test_fraction, 0 < d.test_fraction < 1, "in (0, 1)")
+    vf = d.val_fraction
+    _check("dataset.val_fraction", vf, 0 <= vf < 1, "in [0, 1) (0: evaluate on the test set)")
     if d.n_train is not None:
         _check("dataset.n_train", d.n_train, d.n_train >= 1, "an integer >= 1 (or null)")
     if d.name == "npz" and not d.path:

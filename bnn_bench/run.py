@@ -58,6 +58,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "n_train": data.n_train,
         "n_test": int(len(data.y_test)),
+        # the metrics' split: "val" when dataset.val_fraction holds training rows out for tuning
+        "eval_split": "val" if cfg.dataset.val_fraction else "test",
         "n_params": posterior.dim,
         **({"cores": cores} if cores else {}),
     }
