@@ -38,7 +38,7 @@ class VIConfig(NamedTuple):
     max_var_ratio: float = 2.0  # trust region: variance change factor per iteration
     inner_steps: int = 100  # L-BFGS iterations at most (score_prox lowrank)
     inner_tol: float = 1e-3  # stop when |grad L_t| <= inner_tol |grad L_t at q_t|
-    learning_rate: float = 1e-3  # Adam step (advi)
+    learning_rate: float = 0.01  # Adam step (advi)
     bam_lambda0: float = 100.0  # BaM's learning rate lambda_t = bam_lambda0 / (1 + t)
     batch_per_sample: bool = False  # an independent minibatch for each of the S samples
     snapshot_every: int = 10  # control-variate score at a snapshot of q's mean, every K (0: off)
