@@ -58,7 +58,10 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "n_train": data.n_train,
         "n_test": int(len(data.y_test)),
+        # the metrics' split: "val" when dataset.val_fraction holds training rows out for tuning
+        "eval_split": "val" if cfg.dataset.val_fraction else "test",
         "n_params": posterior.dim,
+        "num_classes": data.num_classes,  # 0 for regression (the report's chance level)
         **({"cores": cores} if cores else {}),
     }
     wandb_run = WandbRun(
