@@ -130,7 +130,13 @@ def output_dir(out: Path) -> Path:
     return out
 
 
-if __name__ == "__main__":
-    from bnn_bench.cli import main
+def main(argv: list[str] | None = None) -> None:
+    """The console entry of installs made before it moved to bnn_bench.cli (their bnn-bench
+    script still names bnn_bench.run:main)."""
+    from bnn_bench.cli import main as cli_main
 
+    cli_main(argv)
+
+
+if __name__ == "__main__":
     main()
