@@ -1,0 +1,220 @@
+"""Uncertainty scores, OOD detection and selective metrics, OOD sets and shifts (issue 16)."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from bnn_bench import uncertainty
+from bnn_bench.data import load_dataset, ood, shift
+from bnn_bench.errors import DataError
+
+
+def log_probs(probs):
+    return np.log(np.asarray(probs, np.float64))
+
+
+# --- scores --------------------------------------------------------------------------------------
+
+
+def test_mutual_information_is_zero_for_identical_particles_and_positive_when_they_disagree():
+    p = [[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]
+    same = log_probs([p, p, p])  # (J=3, n=2, K=3)
+    s = uncertainty.predictive_scores(same, np.zeros(3))
+    assert np.allclose(s["mutual_information"], 0.0, atol=1e-6)
+    h = -np.sum(np.asarray(p) * np.log(p), axis=1)
+    assert np.allclose(s["entropy"], h, atol=1e-6)
+    assert np.allclose(s["max_prob"], [0.7, 0.8], atol=1e-6)
+
+    disagree = log_probs([[[0.98, 0.01, 0.01]], [[0.01, 0.98, 0.01]]])
+    d = uncertainty.predictive_scores(disagree, np.zeros(2))
+    mean = np.array([0.495, 0.495, 0.01])
+    expected = -np.sum(mean * np.log(mean)) - (
+        -np.sum([0.98, 0.01, 0.01] * np.log([0.98, 0.01, 0.01]))
+    )
+    assert d["mutual_information"][0] > 0.5
+    assert np.isclose(d["mutual_information"][0], expected, atol=1e-5)
+
+
+def test_mutual_information_uses_the_weights_and_ignores_dropped_particles():
+    a, b = [[0.9, 0.1]], [[0.1, 0.9]]
+    lp = log_probs([a, b])
+    # all the weight on one particle: no disagreement left
+    one = uncertainty.predictive_scores(lp, np.array([0.0, -np.inf]))
+    assert np.allclose(one["mutual_information"], 0.0, atol=1e-6)
+    assert np.allclose(one["max_prob"], 0.9, atol=1e-6)
+    nan_dropped = np.stack([lp[0], np.full_like(lp[1], np.nan)])
+    kept = uncertainty.predictive_scores(nan_dropped, np.array([0.0, -np.inf]))
+    assert np.all(np.isfinite(kept["mutual_information"]))
+    assert np.allclose(kept["entropy"], one["entropy"])
+    both = uncertainty.predictive_scores(lp, np.zeros(2))
+    assert both["mutual_information"][0] > 0.3
+
+
+# --- detection -----------------------------------------------------------------------------------
+
+
+def test_detection_metrics_match_scikit_learn_and_a_hand_count():
+    in_score, out_score = np.array([0.1, 0.2, 0.3]), np.array([0.25, 0.4])
+    m = uncertainty.detection_metrics(in_score, out_score)
+    assert m["auroc"] == pytest.approx(5 / 6)  # 5 of the 6 (out, in) pairs are ordered right
+    # precision at the two positives, ranked 1st (0.4) and 3rd (0.25): (1 + 2/3) / 2
+    assert m["aupr"] == pytest.approx((1 + 2 / 3) / 2)
+    # TPR 95% needs both OOD inputs, so threshold 0.25: one of three in-distribution above
+    assert m["fpr95"] == pytest.approx(1 / 3)
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, 200), rng.normal(0.7, 1, 150)
+    labels = np.r_[np.zeros(200), np.ones(150)]
+    got = uncertainty.detection_metrics(a, b)
+    assert got["auroc"] == pytest.approx(roc_auc_score(labels, np.r_[a, b]))
+    assert got["aupr"] == pytest.approx(average_precision_score(labels, np.r_[a, b]))
+    fpr, tpr, _ = roc_curve(labels, np.r_[a, b])
+    assert got["fpr95"] == pytest.approx(fpr[tpr >= 0.95].min())
+    # OOD is the positive class: swapping the roles turns AUROC into 1 - AUROC
+    assert uncertainty.detection_metrics(b, a)["auroc"] == pytest.approx(1 - got["auroc"])
+
+
+def test_max_prob_detector_is_one_minus_the_confidence():
+    scores = {"max_prob": np.array([0.9, 0.5])}
+    assert np.allclose(uncertainty.ood_score("max_prob", scores), [0.1, 0.5])
+
+
+# --- selective prediction ------------------------------------------------------------------------
+
+
+def test_selective_accuracy_and_aurc_on_a_hand_example():
+    confidence = np.array([0.6, 0.9, 0.7, 0.8])
+    correct = np.array([1, 1, 1, 0])  # ranked: 0.9 right, 0.8 wrong, 0.7 right, 0.6 right
+    risk = uncertainty.risk_coverage(confidence, correct)
+    assert np.allclose(risk, [0, 1 / 2, 1 / 3, 1 / 4])
+    m = uncertainty.selective_metrics(confidence, correct, (0.5, 0.8, 0.9))
+    assert m["accuracy_at_50"] == pytest.approx(0.5)
+    assert m["accuracy_at_80"] == pytest.approx(0.75)  # ceil(3.2) = 4 inputs
+    assert m["accuracy_at_90"] == pytest.approx(0.75)
+    assert m["aurc"] == pytest.approx((0 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+    # a confidence that ranks the error last has the smallest possible AURC
+    best = uncertainty.selective_metrics(np.array([4, 3, 2, 1]), np.array([1, 1, 1, 0]), (0.5,))
+    assert best["aurc"] < m["aurc"] and best["accuracy_at_50"] == 1.0
+
+
+# --- OOD sets ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_digits_statistics_are_the_loaders(digits):
+    from sklearn.datasets import load_digits
+
+    stats = ood.input_statistics(digits)
+    raw = (load_digits().images / 16.0).astype(np.float32)
+    from bnn_bench.data.datasets import _split
+
+    xtr = _split(raw, np.zeros(len(raw)), 0.2, "digits")[0]
+    assert stats["x_mean"] == pytest.approx(xtr.mean(dtype=np.float64), rel=1e-5)
+    assert stats["x_std"] == pytest.approx(xtr.std(dtype=np.float64), rel=1e-5)
+    # the test inputs are the normalised raw test pixels
+    xte = _split(raw, np.zeros(len(raw)), 0.2, "digits")[2]
+    assert np.allclose(ood.normalise(xte, stats).reshape(len(xte), -1), digits.x_test, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sample_patches", "uniform_noise", "gaussian_noise"])
+def test_builtin_sets_are_normalised_images_of_the_input_size(digits, name):
+    stats = ood.input_statistics(digits)
+    s = ood.ood_set(name, digits, stats)
+    chunks = list(s.chunks(100))
+    x = np.concatenate(chunks)
+    assert s.n == len(digits.x_test) == len(x) and x.shape[1:] == digits.input_shape
+    assert [len(c) for c in chunks[:-1]] == [100] * (len(chunks) - 1)
+    raw = x * stats["x_std"] + stats["x_mean"]  # back in pixel units: within [0, 1]
+    assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5
+    assert np.array_equal(x, np.concatenate(list(s.chunks(100))))  # the same every time
+    assert not np.allclose(x, digits.x_test[: len(x)])
+
+
+def test_digits28_is_mnist_sized_and_refused_for_digits(digits):
+    fake = type(digits)(
+        "fashion_mnist",
+        np.zeros((4, 28, 28, 1), np.float32) - 0.5,
+        np.zeros(4, np.int32),
+        np.zeros((3, 28, 28, 1), np.float32),
+        np.zeros(3, np.int32),
+        "classification",
+        10,
+    )
+    fake = type(digits)(
+        **{**fake.__dict__, "x_train": np.r_[fake.x_train, np.ones_like(fake.x_train)]}
+    )
+    stats = ood.input_statistics(fake)  # min -0.5, max 1: std 2/3, mean 1/3
+    assert stats["x_std"] == pytest.approx(2 / 3) and stats["x_mean"] == pytest.approx(1 / 3)
+    s = ood.ood_set("digits28", fake, stats)
+    x = next(s.chunks(50))
+    assert s.n == 1797 and x.shape == (50, 28, 28, 1)
+    raw = x * stats["x_std"] + stats["x_mean"]
+    assert np.allclose(raw[:, :4], 0, atol=1e-6) and raw.max() > 0.9  # padded like MNIST
+    with pytest.raises(
+        Exception, match="evaluation.ood=digits28 is not allowed with dataset=digits"
+    ):
+        ood.ood_set("digits28", digits, ood.input_statistics(digits))
+
+
+def test_an_ood_npz_is_streamed_from_the_file_in_source_units(tmp_path, digits):
+    from sklearn.datasets import load_digits
+
+    raw = load_digits().images[:30]  # 0..16, as digits' source
+    path = tmp_path / "ood.npz"
+    np.savez(path, x=raw)
+    stats = ood.input_statistics(digits)
+    s = ood.ood_set(str(path), digits, stats)
+    x = np.concatenate(list(s.chunks(7)))
+    assert s.n == 30
+    assert np.allclose(x, ood.normalise(raw / 16.0, stats).reshape(30, -1), atol=1e-6)
+
+
+def test_an_ood_npz_of_the_wrong_shape_is_one_line_naming_file_and_shape(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, x=np.zeros((5, 28, 28)))
+    with pytest.raises(DataError) as err:
+        ood.check_ood_file(str(path), (8, 8))
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg and "(n, 8, 8)" in msg and "(5, 28, 28)" in msg
+    np.savez(path, images=np.zeros((5, 8, 8)))
+    with pytest.raises(DataError, match="has no array 'x'"):
+        ood.check_ood_file(str(path), (8, 8))
+    for ok in (np.zeros((5, 8, 8)), np.zeros((5, 64)), np.zeros((5, 8, 8, 1), np.uint8)):
+        np.savez(path, x=ok)
+        ood.check_ood_file(str(path), (8, 8))
+
+
+# --- shift ---------------------------------------------------------------------------------------
+
+
+def test_rotation_by_zero_is_the_test_set_and_by_90_is_a_quarter_turn(digits):
+    stats = ood.input_statistics(digits)
+    fill = ood.background(stats)
+    t0 = shift.shift_transform("rotation", 0.0, (8, 8, 1), stats, fill)
+    assert np.array_equal(t0(digits.x_test, 0), digits.x_test)
+    t90 = shift.shift_transform("rotation", 90.0, (8, 8, 1), stats, fill)
+    images = digits.x_test.reshape(-1, 8, 8)
+    assert np.allclose(t90(digits.x_test, 0).reshape(-1, 8, 8), np.rot90(images, 1, axes=(1, 2)))
+    t30 = shift.shift_transform("rotation", 30.0, (8, 8, 1), stats, fill)
+    r30 = t30(digits.x_test, 0)
+    assert not np.allclose(r30, digits.x_test)
+    raw = r30 * stats["x_std"] + stats["x_mean"]
+    assert raw.min() >= -1e-5  # the corners are filled with background, not below it
+
+
+def test_corruptions_grow_with_severity_and_stay_in_pixel_range():
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0, 1, (20, 28, 28, 1))
+    for name in shift.CORRUPTIONS:
+        dist = []
+        for severity in shift.SEVERITIES:
+            out = shift.corrupt(raw, name, severity, np.random.default_rng(1))
+            assert out.shape == raw.shape and out.min() >= 0 and out.max() <= 1
+            dist.append(np.abs(out - raw).mean())
+        assert np.all(np.diff(dist) > 0), (name, dist)
+    contrast = shift.corrupt(raw, "contrast", 5, rng)
+    assert contrast.std() < 0.1 * raw.std()
