@@ -39,7 +39,8 @@ def _entropy(log_probs: Array) -> Array:
 
 @jax.jit
 def predictive_scores(log_probs: Array, log_weights: Array) -> dict[str, Array]:
-    """Per-input scores (n,) and the mixture's log-probs `log_probs` (n, K).
+    """Per-input scores (n,), the predicted class `predicted` and the mixture's log-probs
+    `log_probs` (n, K).
 
     `log_probs` is (J, n, K) per-particle log-probabilities, `log_weights` (J,) unnormalised.
     """
@@ -52,6 +53,7 @@ def predictive_scores(log_probs: Array, log_weights: Array) -> dict[str, Array]:
     expected = jnp.sum(w[:, None] * per_particle, axis=0)
     return {
         "log_probs": mix,
+        "predicted": jnp.argmax(mix, axis=-1),
         "max_prob": jnp.exp(jnp.max(mix, axis=-1)),
         "entropy": entropy,
         # clipped at 0: H[mean] >= mean H holds exactly, so a negative value is rounding only

@@ -1,5 +1,7 @@
 """Uncertainty scores, OOD detection and selective metrics, OOD sets and shifts (issue 16)."""
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
@@ -218,3 +220,67 @@ def test_corruptions_grow_with_severity_and_stay_in_pixel_range():
         assert np.all(np.diff(dist) > 0), (name, dist)
     contrast = shift.corrupt(raw, "contrast", 5, rng)
     assert contrast.std() < 0.1 * raw.std()
+
+
+# --- through the CLI -----------------------------------------------------------------------------
+
+TINY = ["smc.num_particles=8", "smc.num_iterations=4", "logger=none", "progress=false"]
+TINY_VI = ["method=vi", "vi.num_iterations=4", "vi.num_predictive_samples=4", *TINY[2:]]
+EVALUATION = [
+    "evaluation.ood=[uniform_noise,sample_patches]",
+    "evaluation.shift.rotations=[0,45]",
+    "evaluation.shift.corruptions=[contrast]",
+    "evaluation.shift.severities=[1,5]",
+    "evaluation.selective=true",
+]
+
+
+def one_line_refusal(run_cli, tmp_path, *overrides):
+    out = tmp_path / "run"
+    proc = run_cli(*overrides, "logger=none", f"hydra.run.dir={out}")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert not out.exists()  # refused before any work
+    return lines[0]
+
+
+def test_an_ood_npz_of_the_wrong_shape_is_refused_before_any_work(run_cli, tmp_path):
+    bad = tmp_path / "fashion_like.npz"
+    np.savez(bad, x=np.zeros((10, 28, 28), np.uint8))
+    line = one_line_refusal(run_cli, tmp_path, f"evaluation.ood=[{bad}]")
+    assert str(bad) in line and "(n, 8, 8)" in line and "(10, 28, 28)" in line
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("evaluation.ood=[svhn]", "evaluation.ood=svhn"),
+        ("evaluation.ood=[digits28]", "evaluation.ood=digits28"),  # digits' own test inputs
+        ("evaluation.shift.corruptions=[fog]", "evaluation.shift.corruptions=fog"),
+        ("evaluation.shift.severities=[6]", "evaluation.shift.severities=6"),
+        ("evaluation.coverages=[0]", "evaluation.coverages=0"),
+    ],
+)
+def test_bad_evaluation_values_are_one_line_naming_the_key(run_cli, tmp_path, override, needle):
+    assert needle in one_line_refusal(run_cli, tmp_path, override)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [TINY, TINY_VI], ids=["smc", "vi"])
+def test_every_method_gets_ood_shift_and_selective_in_results(run_cli, tmp_path, method):
+    out = tmp_path / "run"
+    proc = run_cli(*method, *EVALUATION, f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads((out / "results.json").read_text())
+    assert set(r["ood"]) == {"test", "uniform_noise", "sample_patches"}
+    for name in ("uniform_noise", "sample_patches"):
+        for score in uncertainty.SCORES:
+            assert set(r["ood"][name][score]) == {"auroc", "aupr", "fpr95"}
+            assert 0 <= r["ood"][name][score]["auroc"] <= 1
+        assert sum(r["ood"][name]["entropy_histogram"]) == r["ood"][name]["n"]
+    assert sum(r["ood"]["test"]["entropy_histogram"]) == r["n_test"]
+    clean = r["shift"]["rotation"]["0"]  # rotated by 0: the test set itself
+    assert clean["accuracy"] == r["accuracy"] and clean["nll"] == pytest.approx(r["nll"])
+    assert set(r["shift"]) == {"rotation", "contrast"} and set(r["shift"]["contrast"]) == {"1", "5"}
+    assert set(r["selective"]) == {"accuracy_at_50", "accuracy_at_80", "accuracy_at_90", "aurc"}
