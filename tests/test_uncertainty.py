@@ -270,9 +270,15 @@ def test_bad_evaluation_values_are_one_line_naming_the_key(run_cli, tmp_path, ov
 @pytest.mark.parametrize("method", [TINY, TINY_VI], ids=["smc", "vi"])
 def test_every_method_gets_ood_shift_and_selective_in_results(run_cli, tmp_path, method):
     out = tmp_path / "run"
-    proc = run_cli(*method, *EVALUATION, f"hydra.run.dir={out}")
+    at_evaluations = ["eval_every=2", "evaluation.at_evaluations=true"]
+    proc = run_cli(*method, *EVALUATION, *at_evaluations, f"hydra.run.dir={out}")
     assert proc.returncode == 0, proc.stderr
     r = json.loads((out / "results.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [row for row in rows if "test_accuracy" in row]
+    assert [row["iter"] for row in evaluated] == [2, 4]
+    assert all(set(row["test_ood"]) == set(r["ood"]) for row in evaluated)
+    assert evaluated[-1]["test_selective"] == r["selective"]
     assert set(r["ood"]) == {"test", "uniform_noise", "sample_patches"}
     for name in ("uniform_noise", "sample_patches"):
         for score in uncertainty.SCORES:
@@ -284,3 +290,66 @@ def test_every_method_gets_ood_shift_and_selective_in_results(run_cli, tmp_path,
     assert clean["accuracy"] == r["accuracy"] and clean["nll"] == pytest.approx(r["nll"])
     assert set(r["shift"]) == {"rotation", "contrast"} and set(r["shift"]["contrast"]) == {"1", "5"}
     assert set(r["selective"]) == {"accuracy_at_50", "accuracy_at_80", "accuracy_at_90", "aurc"}
+
+
+# --- report and plots ----------------------------------------------------------------------------
+
+
+def fake_results(seed: int, method: str, auroc: float) -> dict:
+    detection = {"auroc": auroc, "aupr": 0.5, "fpr95": 0.5}
+    return {
+        "method": method,
+        "algorithm": "score_prox",
+        "schedule": "ctr",
+        "proposal": "hmc",
+        "seed": seed,
+        "status": "finished",
+        "accuracy": 0.9,
+        "runtime_s": 1.0,
+        "ood": {
+            "test": {"n": 4, "entropy_histogram": [3, 1, 0], "histogram_max": 2.3},
+            "uniform_noise": {
+                "n": 4,
+                "entropy": detection,
+                "mutual_information": {**detection, "auroc": auroc / 2},
+                "max_prob": detection,
+                "entropy_histogram": [0, 1, 3],
+            },
+        },
+        "shift": {"rotation": {"0": {"accuracy": 0.9, "ece": 0.1}, "90": {"accuracy": 0.3}}},
+        "selective": {"aurc": 0.05, "accuracy_at_50": 1.0},
+    }
+
+
+def test_report_has_uncertainty_columns_and_plots(tmp_path):
+    from bnn_bench import plots, report
+
+    for i, (method, seed, auroc) in enumerate([("smc", 0, 0.8), ("smc", 1, 0.9), ("vi", 0, 0.6)]):
+        job = tmp_path / str(i)
+        job.mkdir()
+        (job / "results.json").write_text(json.dumps(fake_results(seed, method, auroc)))
+    out = report.report(tmp_path)
+    text = (tmp_path / "table.md").read_text()
+    section = text[text.index("## Uncertainty") :]
+    assert "AUROC entropy uniform_noise" in section and "AUROC MI uniform_noise" in section
+    assert "AURC" in section and "accuracy rot 90" in section
+    assert "0.850 ± 0.071" in section  # smc's two seeds: mean and sample std of 0.8, 0.9
+    assert "| 0.600 | 0.300 |" in section  # vi's one seed: entropy and MI AUROC
+    assert tmp_path / "accuracy_vs_shift.png" in out["files"]
+    assert (tmp_path / "accuracy_vs_shift.png").stat().st_size > 0
+    written = plots.run_plots(tmp_path / "0")
+    assert tmp_path / "0" / "entropy_histogram.png" in written
+
+
+def test_report_without_evaluation_has_no_uncertainty_section(tmp_path):
+    from bnn_bench import report
+
+    plain = {
+        k: v
+        for k, v in fake_results(0, "smc", 0.8).items()
+        if k not in ("ood", "shift", "selective")
+    }
+    (tmp_path / "results.json").write_text(json.dumps(plain))
+    out = report.report(tmp_path)
+    assert "## Uncertainty" not in (tmp_path / "table.md").read_text()
+    assert not (tmp_path / "accuracy_vs_shift.png").exists() and len(out["files"]) >= 2
