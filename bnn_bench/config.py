@@ -153,8 +153,7 @@ class EvaluationConfig:
     shift: ShiftConfig = field(default_factory=ShiftConfig)
     selective: bool = False  # accuracy at each coverage and the AURC
     coverages: list[float] = field(default_factory=lambda: [0.5, 0.8, 0.9])
-    at_evaluations: bool = False  # also at every eval_every evaluation (metrics.jsonl), not
-    # only at the end
+    at_evaluations: bool = False  # also at each eval_every evaluation, into metrics.jsonl
 
 
 @dataclass

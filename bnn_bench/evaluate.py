@@ -129,7 +129,8 @@ class UncertaintyPlan:
 
 
 class ScoreStream:
-    """Accumulates uncertainty.predictive_scores chunk by chunk (the test pass's observer)."""
+    """Accumulates uncertainty.predictive_scores chunk by chunk (the test pass's observer);
+    the predictive's log-probs (n, K) only with `keep_log_probs`."""
 
     def __init__(self, log_weights, keep_log_probs: bool = False):
         self.log_weights, self.keep = log_weights, keep_log_probs

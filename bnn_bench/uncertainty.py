@@ -19,45 +19,42 @@ mean over k = 1..n of the error rate of the k most confident inputs (ties broken
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax import Array
-
-from bnn_bench.metrics import normalise_log_weights, predictive_log_probs
+from scipy.special import logsumexp
 
 SCORES = ("max_prob", "entropy", "mutual_information")
 # the entropy histogram's bins, as fractions of log K (the largest entropy of K classes)
 HISTOGRAM_BINS = 20
 
 
-def _entropy(log_probs: Array) -> Array:
+def _entropy(log_probs: np.ndarray) -> np.ndarray:
     """H = -sum_k p_k log p_k over the last axis, with 0 log 0 = 0."""
-    p = jnp.exp(log_probs)
-    return -jnp.sum(jnp.where(p > 0, p * log_probs, 0.0), axis=-1)
+    p = np.exp(log_probs)
+    return -np.sum(np.where(p > 0, p * log_probs, 0.0), axis=-1)
 
 
-@jax.jit
-def predictive_scores(log_probs: Array, log_weights: Array) -> dict[str, Array]:
-    """Per-input scores (n,), the predicted class `predicted` and the mixture's log-probs
-    `log_probs` (n, K).
+def predictive_scores(log_probs, log_weights) -> dict[str, np.ndarray]:
+    """Per-input scores (n,), the mixture's log-probs `log_probs` (n, K) and its `predicted`
+    class.
 
     `log_probs` is (J, n, K) per-particle log-probabilities, `log_weights` (J,) unnormalised.
+    Computed in float64 numpy on the host: a few array operations per chunk, with no program
+    to compile (a jitted version cost more to compile than the whole evaluation to run).
     """
-    log_probs = jnp.asarray(log_probs)
-    mix = predictive_log_probs(log_probs, log_weights)
-    w = jnp.exp(normalise_log_weights(log_weights))
-    dropped = jnp.isneginf(normalise_log_weights(log_weights))
-    per_particle = jnp.where(dropped[:, None], 0.0, _entropy(log_probs))  # (J, n)
+    log_w = np.asarray(log_weights, np.float64)
+    keep = ~np.isneginf(log_w)  # dropped particles (-inf) are left out, NaN predictions too
+    log_w = log_w[keep] - logsumexp(log_w[keep])
+    log_probs = np.asarray(log_probs, np.float64)[keep]
+    mix = logsumexp(log_probs + log_w[:, None, None], axis=0)
     entropy = _entropy(mix)
-    expected = jnp.sum(w[:, None] * per_particle, axis=0)
+    expected = np.sum(np.exp(log_w)[:, None] * _entropy(log_probs), axis=0)
     return {
         "log_probs": mix,
-        "predicted": jnp.argmax(mix, axis=-1),
-        "max_prob": jnp.exp(jnp.max(mix, axis=-1)),
+        "predicted": np.argmax(mix, axis=-1),
+        "max_prob": np.exp(np.max(mix, axis=-1)),
         "entropy": entropy,
         # clipped at 0: H[mean] >= mean H holds exactly, so a negative value is rounding only
-        "mutual_information": jnp.maximum(entropy - expected, 0.0),
+        "mutual_information": np.maximum(entropy - expected, 0.0),
     }
 
 
