@@ -195,23 +195,24 @@ def ood_set(spec: str, data, stats: dict, *, dataset_path: str | None = None) ->
     def chunks(size: int) -> Iterator[np.ndarray]:
         for start in range(0, n, size):
             rows = min(size, n - start)
-            rng = np.random.default_rng([OOD_SEED, start])
-            raw = _builtin_raw(spec, rng, start, rows, shape[:2], stats)
+            raw = _builtin_raw(spec, start, rows, shape[:2], stats)
             raw = np.repeat(raw[..., None], shape[2], axis=-1)  # grey to every channel
             yield normalise(raw, stats).reshape(rows, *data.input_shape)
 
     return InputSet(spec, n, chunks)
 
 
-def _builtin_raw(spec, rng, start, rows, hw, stats) -> np.ndarray:
-    """`rows` raw images (rows, H, W) in [0, 1] of built-in set `spec`, from row `start`."""
+def _builtin_raw(spec, start, rows, hw, stats) -> np.ndarray:
+    """`rows` raw images (rows, H, W) in [0, 1] of built-in set `spec`, from row `start`; row i
+    is drawn from its own generator (OOD_SEED, i), so a set does not depend on the chunking."""
     from scipy import ndimage
 
+    rngs = [np.random.default_rng([OOD_SEED, start + i]) for i in range(rows)]
     if spec == "uniform_noise":
-        return rng.uniform(0.0, 1.0, (rows, *hw))
+        return np.stack([rng.uniform(0.0, 1.0, hw) for rng in rngs])
     if spec == "gaussian_noise":
         mean, std = _raw_moments(stats)
-        return np.clip(rng.normal(mean, std, (rows, *hw)), 0.0, 1.0)
+        return np.clip(np.stack([rng.normal(mean, std, hw) for rng in rngs]), 0.0, 1.0)
     if spec == "digits28":
         from sklearn.datasets import load_digits
 
@@ -222,12 +223,12 @@ def _builtin_raw(spec, rng, start, rows, hw, stats) -> np.ndarray:
         from sklearn.datasets import load_sample_images
 
         grey = np.stack([im.mean(axis=-1) / 255.0 for im in load_sample_images().images])
-        which = rng.integers(0, len(grey), rows)
-        top = rng.integers(0, grey.shape[1] - 28 + 1, rows)
-        left = rng.integers(0, grey.shape[2] - 28 + 1, rows)
-        images = np.stack(
-            [grey[i, t : t + 28, s : s + 28] for i, t, s in zip(which, top, left, strict=True)]
-        )
+        patches = []
+        for rng in rngs:
+            i = rng.integers(0, len(grey))
+            t, s = rng.integers(0, grey.shape[1] - 28 + 1), rng.integers(0, grey.shape[2] - 28 + 1)
+            patches.append(grey[i, t : t + 28, s : s + 28])
+        images = np.stack(patches)
     if tuple(hw) != (28, 28):
         images = ndimage.zoom(
             images, (1, hw[0] / 28, hw[1] / 28), order=1, grid_mode=True, mode="nearest"

@@ -8,8 +8,9 @@
   `gaussian_noise` (additive, std CORRUPTIONS["gaussian_noise"][s-1]), `blur` (a Gaussian
   filter of std given in pixels of a 28x28 image, scaled with the image size) and `contrast`
   (each image's deviation from its mean scaled by the severity's factor); the values follow
-  the ImageNet-C/MNIST-C corruptions. Noise is drawn from a generator seeded by SHIFT_SEED,
-  the severity and the row, so every run sees the same shifted inputs.
+  the ImageNet-C/MNIST-C corruptions. Each row's noise is drawn from a generator seeded by
+  SHIFT_SEED, the severity and the row's index, so every run (whatever its eval_chunk) sees the
+  same shifted inputs.
 """
 
 from __future__ import annotations
@@ -39,14 +40,22 @@ def rotate(images: np.ndarray, angle: float, fill: float) -> np.ndarray:
     return out.astype(images.dtype)
 
 
-def corrupt(raw: np.ndarray, name: str, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """Raw images (n, H, W, C) in [0, 1], corrupted by `name` at `severity` (1-5), in [0, 1]."""
+def corrupt(raw: np.ndarray, name: str, severity: int, start: int = 0) -> np.ndarray:
+    """Raw images (n, H, W, C) in [0, 1], rows `start`.. of the test set, corrupted by `name`
+    at `severity` (1-5), in [0, 1]. Row i's noise comes from its own generator (SHIFT_SEED,
+    severity, start + i), so it does not depend on how the rows are chunked."""
     from scipy import ndimage
 
     level = CORRUPTIONS[name][severity - 1]
     raw = raw.astype(np.float64)
     if name == "gaussian_noise":
-        out = raw + rng.normal(0.0, level, raw.shape)
+        noise = [
+            np.random.default_rng([SHIFT_SEED, severity, start + i]).normal(
+                0.0, level, raw.shape[1:]
+            )
+            for i in range(len(raw))
+        ]
+        out = raw + np.stack(noise)
     elif name == "blur":
         sigma = level * raw.shape[1] / 28
         out = ndimage.gaussian_filter(raw, sigma=(0, sigma, sigma, 0), mode="constant")
@@ -74,8 +83,7 @@ def shift_transform(
         if kind == "rotation":
             out = rotate(images, level, fill)
         else:
-            rng = np.random.default_rng([SHIFT_SEED, int(level), start])
-            raw = corrupt(denormalise(images, stats), kind, int(level), rng)
+            raw = corrupt(denormalise(images, stats), kind, int(level), start)
             out = normalise(raw, stats)
         return out.reshape(x.shape)
 
