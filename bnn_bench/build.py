@@ -74,23 +74,84 @@ def particle_map(cfg: DictConfig) -> str:
 
 def evaluator(cfg: DictConfig, data, posterior):
     """test_metrics(particles, log_weights, reliability=False): the test-set metrics of a
-    weighted particle set, streamed as hardware.* says (every method uses it)."""
-    from bnn_bench.evaluate import evaluate
+    weighted particle set, streamed as hardware.* says (every method uses it).
+
+    The final evaluation (reliability=True), and every evaluation with
+    evaluation.at_evaluations, also adds what `evaluation.*` asks for (`ood`, `shift`,
+    `selective`; evaluate.uncertainty_results), reusing the test pass's per-particle log-probs.
+    """
+    from bnn_bench.evaluate import ScoreStream, evaluate, uncertainty_results
+
+    plan = uncertainty_plan(cfg, data)
+    mapping = {
+        "eval_chunk": cfg.hardware.eval_chunk,
+        "particle_chunk": cfg.hardware.particle_chunk,
+        "particle_map": particle_map(cfg),
+    }
 
     def test_metrics(particles, log_weights, reliability: bool = False) -> dict:
-        return evaluate(
+        extra = plan is not None and (reliability or cfg.evaluation.at_evaluations)
+        scores = ScoreStream(log_weights) if extra else None
+        result = evaluate(
             posterior,
             particles,
             log_weights,
             data.x_test,
             data.y_test,
-            eval_chunk=cfg.hardware.eval_chunk,
-            particle_chunk=cfg.hardware.particle_chunk,
-            particle_map=particle_map(cfg),
+            observe=scores,
             reliability=reliability,
+            **mapping,
         )
+        if extra:
+            result.update(
+                uncertainty_results(
+                    posterior,
+                    particles,
+                    log_weights,
+                    data.x_test,
+                    data.y_test,
+                    plan,
+                    scores.arrays(),
+                    **mapping,
+                )
+            )
+        return result
 
     return test_metrics
+
+
+def uncertainty_plan(cfg: DictConfig, data):
+    """evaluation.* as an evaluate.UncertaintyPlan of streamed sets, or None when none is asked."""
+    from bnn_bench.data import ood, shift
+    from bnn_bench.evaluate import UncertaintyPlan
+
+    e = cfg.evaluation
+    if not (e.ood or e.shift.rotations or e.shift.corruptions or e.selective):
+        return None
+    stats = ood.input_statistics(
+        data, path=cfg.dataset.path, test_fraction=cfg.dataset.test_fraction
+    )
+    sets = tuple(ood.ood_set(str(s), data, stats, dataset_path=cfg.dataset.path) for s in e.ood)
+    levels = []
+    if e.shift.rotations or e.shift.corruptions:
+        image = ood.image_shape(data.name, data.input_shape)
+        if image is None:
+            raise ConfigError(
+                f"evaluation.shift needs image inputs, but dataset={data.name} has tabular "
+                f"inputs of shape {data.input_shape}; leave evaluation.shift empty"
+            )
+        fill = ood.background(stats)
+        levels += [
+            ("rotation", float(a), shift.shift_transform("rotation", float(a), image, stats, fill))
+            for a in e.shift.rotations
+        ]
+        levels += [
+            (c, int(s), shift.shift_transform(c, int(s), image, stats, fill))
+            for c in e.shift.corruptions
+            for s in e.shift.severities
+        ]
+    coverages = tuple(float(c) for c in e.coverages) if e.selective else ()
+    return UncertaintyPlan(data.num_classes, sets, tuple(levels), coverages)
 
 
 def proposal(cfg: DictConfig):

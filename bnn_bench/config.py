@@ -152,6 +152,22 @@ class LoggerConfig:
 
 
 @dataclass
+class ShiftConfig:
+    rotations: list[float] = field(default_factory=list)  # angles in degrees (0: the test set)
+    corruptions: list[str] = field(default_factory=list)  # gaussian_noise, blur, contrast
+    severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+
+
+@dataclass
+class EvaluationConfig:
+    ood: list[str] = field(default_factory=list)  # built-in names or .npz paths with x
+    shift: ShiftConfig = field(default_factory=ShiftConfig)
+    selective: bool = False  # accuracy at each coverage and the AURC
+    coverages: list[float] = field(default_factory=lambda: [0.5, 0.8, 0.9])
+    at_evaluations: bool = False  # also at each eval_every evaluation, into metrics.jsonl
+
+
+@dataclass
 class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     smc: SMCSettings = field(default_factory=SMCSettings)
@@ -164,6 +180,7 @@ class Config:
     prior: PriorConfig = field(default_factory=PriorConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     experiment: str | None = None
     seed: int = 0
     save_posterior: bool = False
@@ -301,6 +318,59 @@ def validate(cfg) -> None:
     _check("log_every", cfg.log_every, cfg.log_every >= 1, "an integer >= 1")
     ce = cfg.checkpoint_every
     _check("checkpoint_every", ce, ce >= 0, ">= 0 (0: only on SIGTERM)")
+    validate_evaluation(cfg)
+
+
+def validate_evaluation(cfg) -> None:
+    """Values of `evaluation:`, and the OOD npz files' shapes (from their headers only), so
+    that a wrong file is refused before any work."""
+    from bnn_bench.data import ood, shift
+
+    e = cfg.evaluation
+    asked = bool(e.ood or e.shift.rotations or e.shift.corruptions or e.selective)
+    if asked and cfg.likelihood.name != "categorical":
+        key = (
+            "evaluation.ood"
+            if e.ood
+            else "evaluation.shift"
+            if not e.selective
+            else "evaluation.selective"
+        )
+        raise ConfigError(
+            f"{key} needs a classifier (likelihood=categorical), not likelihood="
+            f"{cfg.likelihood.name}; leave evaluation.ood and evaluation.shift empty and "
+            "evaluation.selective false"
+        )
+    specs = [str(s) for s in e.ood]
+    for spec in specs:
+        if spec not in ood.BUILTIN_OOD and not spec.endswith(".npz"):
+            raise ConfigError(
+                f"evaluation.ood={spec} is not allowed; choose built-in sets "
+                f"({', '.join(ood.BUILTIN_OOD)}) or .npz paths holding x"
+            )
+        if specs.count(spec) > 1:
+            raise ConfigError(f"evaluation.ood={spec} is listed twice; list each set once")
+    if "digits28" in specs and cfg.dataset.name == "digits":
+        raise ConfigError(
+            "evaluation.ood=digits28 is not allowed with dataset=digits: those digits are its own "
+            "test inputs; choose from: sample_patches, uniform_noise, gaussian_noise"
+        )
+    for c in e.shift.corruptions:
+        _allowed("evaluation.shift.corruptions", c, tuple(shift.CORRUPTIONS))
+    for s in e.shift.severities:
+        _check("evaluation.shift.severities", s, s in shift.SEVERITIES, "integers in 1..5")
+    for c in e.coverages:
+        _check("evaluation.coverages", c, 0 < c <= 1, "fractions in (0, 1]")
+    if e.shift.corruptions and not e.shift.severities:
+        raise ConfigError(
+            "evaluation.shift.severities=[] is not allowed with corruptions; use 1..5"
+        )
+    files = [spec for spec in specs if spec not in ood.BUILTIN_OOD]
+    if files:
+        d = cfg.dataset
+        expected = ood.expected_shape(d.name, d.path, d.dim)
+        for spec in files:
+            ood.check_ood_file(spec, expected)
 
 
 def validate_vi(vi) -> None:

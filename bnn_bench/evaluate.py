@@ -6,13 +6,14 @@ p(y|x) = sum_j W_j p(y|x, theta_j), in log space; test data is streamed in chunk
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bnn_bench import metrics
+from bnn_bench import metrics, uncertainty
 from bnn_bench.inference.mapping import map_particles
 from bnn_bench.posterior import Posterior
 
@@ -63,6 +64,7 @@ def evaluate(
     eval_chunk: int = 2000,
     particle_chunk: int | None = None,
     particle_map: str = "vmap",
+    observe=None,
     num_bins: int = 15,
     reliability: bool = False,
 ) -> dict[str, float]:
@@ -70,6 +72,9 @@ def evaluate(
 
     With `reliability` (classification), also `reliability`: the per-bin confidences, accuracies
     and counts behind the ECE (metrics.reliability_summary), for the reliability diagram.
+
+    `observe(per_particle)` (classification), if given, sees each test chunk's per-particle
+    log-probs (J, chunk, K) in order (the uncertainty evaluation reuses them).
     """
     if posterior.likelihood == "categorical":
         logp = []
@@ -83,6 +88,8 @@ def evaluate(
                 particle_map=particle_map,
             )
             logp.append(metrics.predictive_log_probs(per_particle, log_weights))
+            if observe is not None:
+                observe(per_particle)
         log_probs, labels = jnp.concatenate(logp), jnp.asarray(y)
         result = metrics.classification_metrics(log_probs, labels, num_bins=num_bins)
         if reliability:
@@ -97,3 +104,129 @@ def evaluate(
         particle_map=particle_map,
     )
     return metrics.regression_metrics(means, log_weights, jnp.asarray(y), posterior.noise_std)
+
+
+# --- beyond the test set: OOD detection, shift, selective prediction (evaluation.*) -------------
+
+
+@dataclass(frozen=True)
+class UncertaintyPlan:
+    """What `evaluation.*` asks for beyond the test set (build.uncertainty_plan makes it).
+
+    `ood`: InputSets (data/ood.py); `shift`: (kind, level, transform(x, start)) triples, kind
+    "rotation" or a corruption and level its angle or severity (data/shift.py); `coverages`:
+    the selective-prediction coverages (empty: none).
+    """
+
+    num_classes: int
+    ood: tuple = ()
+    shift: tuple = ()
+    coverages: tuple[float, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ood or self.shift or self.coverages)
+
+
+class ScoreStream:
+    """Accumulates uncertainty.predictive_scores chunk by chunk (the test pass's observer);
+    the predictive's log-probs (n, K) only with `keep_log_probs`."""
+
+    def __init__(self, log_weights, keep_log_probs: bool = False):
+        self.log_weights, self.keep = log_weights, keep_log_probs
+        self.parts: dict[str, list] = {}
+
+    def __call__(self, per_particle, rows: int | None = None):
+        scores = uncertainty.predictive_scores(per_particle, self.log_weights)
+        if not self.keep:
+            scores.pop("log_probs")
+        for name, value in scores.items():
+            self.parts.setdefault(name, []).append(np.asarray(value)[:rows])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: np.concatenate(parts) for name, parts in self.parts.items()}
+
+
+def _stream(posterior, particles, chunks, scores: ScoreStream, *, size: int, **mapping) -> None:
+    """Feed every chunk (padded to `size` rows, so one compiled shape serves every set)."""
+    for x in chunks:
+        rows = len(x)
+        if rows < size:
+            x = np.concatenate([x, np.zeros((size - rows, *x.shape[1:]), x.dtype)])
+        per_particle = particle_outputs(posterior, particles, x, eval_chunk=size, **mapping)
+        scores(per_particle, rows)
+
+
+def _means(scores: dict[str, np.ndarray]) -> dict[str, float]:
+    return {f"mean_{name}": float(np.mean(scores[name])) for name in uncertainty.SCORES}
+
+
+def uncertainty_results(
+    posterior: Posterior,
+    particles: jax.Array,
+    log_weights: jax.Array,
+    x: np.ndarray,
+    y: np.ndarray,
+    plan: UncertaintyPlan,
+    test_scores: dict[str, np.ndarray],
+    *,
+    eval_chunk: int = 2000,
+    particle_chunk: int | None = None,
+    particle_map: str = "vmap",
+    num_bins: int = 15,
+) -> dict:
+    """results.json's `ood`, `shift` and `selective` of a classifier, each only when asked.
+
+    `test_scores` are the test set's scores from its own pass (a `ScoreStream` given to
+    `evaluate` as `observe`), so the test set is not run again. Every other set is streamed in
+    chunks of min(eval_chunk, n_test) rows (padded, so that one compiled shape serves every
+    set): memory is bounded whatever a set's size, only its per-input scores (or, for a shifted
+    test set, its (n, K) predictive) being kept.
+    """
+    mapping = {"particle_chunk": particle_chunk, "particle_map": particle_map}
+    size = min(eval_chunk, len(x))
+    num_classes = plan.num_classes
+    out: dict = {}
+    if plan.ood:
+        ood = {
+            "test": {
+                "n": len(x),
+                "entropy_histogram": uncertainty.entropy_histogram(
+                    test_scores["entropy"], num_classes
+                ),
+                "histogram_max": float(np.log(num_classes)),
+                **_means(test_scores),
+            }
+        }
+        for s in plan.ood:
+            scores = ScoreStream(log_weights)
+            _stream(posterior, particles, s.chunks(size), scores, size=size, **mapping)
+            arrays = scores.arrays()
+            ood[s.name] = {"n": s.n}
+            for name in uncertainty.SCORES:
+                ood[s.name][name] = uncertainty.detection_metrics(
+                    uncertainty.ood_score(name, test_scores),
+                    uncertainty.ood_score(name, arrays),
+                )
+            ood[s.name]["entropy_histogram"] = uncertainty.entropy_histogram(
+                arrays["entropy"], num_classes
+            )
+            ood[s.name].update(_means(arrays))
+        out["ood"] = ood
+    if plan.shift:
+        shift: dict = {}
+        labels = jnp.asarray(y)
+        for kind, level, transform in plan.shift:
+            scores = ScoreStream(log_weights, keep_log_probs=True)
+            chunks = (transform(x[i : i + size], i) for i in range(0, len(x), size))
+            _stream(posterior, particles, chunks, scores, size=size, **mapping)
+            log_probs = jnp.asarray(scores.arrays()["log_probs"])
+            result = metrics.classification_metrics(log_probs, labels, num_bins=num_bins)
+            shift.setdefault(kind, {})[f"{level:g}"] = result
+        out["shift"] = shift
+    if plan.coverages:
+        correct = test_scores["predicted"] == np.asarray(y)
+        out["selective"] = uncertainty.selective_metrics(
+            test_scores["max_prob"], correct, plan.coverages
+        )
+    return out

@@ -6,10 +6,12 @@ saved with the Agg canvas), which never opens a window and leaves pyplot's globa
 
 Per run (written by bnn-bench at the end of a finished run, beside results.json):
 - `ess_batch.png`: ESS (left axis) and batch size (right axis) against iteration (SMC);
-- `reliability.png`: the reliability diagram from results.json's `reliability` bins.
+- `reliability.png`: the reliability diagram from results.json's `reliability` bins;
+- `entropy_histogram.png`: predictive entropy in and out of distribution (uncertainty_report).
 Per sweep (written by bnn-bench-report):
 - `accuracy_vs_runtime.png`: each seed as a point, each group's mean with +-1 std bars;
-- `neg_elbo_vs_time.png`: neg_elbo against wall-clock time, one curve per VI job.
+- `neg_elbo_vs_time.png`: neg_elbo against wall-clock time, one curve per VI job;
+- `accuracy_vs_shift.png`: accuracy under evaluation.shift, one line per row (uncertainty_report).
 """
 
 from __future__ import annotations
@@ -123,6 +125,10 @@ def run_plots(out_dir: Path) -> list[Path]:
         written += [path] if path else []
     if results.get("reliability"):
         written.append(reliability(results["reliability"], out_dir / "reliability.png", title))
+    if results.get("ood"):  # entropy_histogram.png (evaluation.ood)
+        from bnn_bench import uncertainty_report
+
+        written += uncertainty_report.run_plot(out_dir, title)
     return written
 
 

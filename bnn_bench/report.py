@@ -417,9 +417,14 @@ def report(sweep_dir: Path, seeds: bool = False) -> dict[str, Any]:
     if not jobs:
         raise ReportError(f"SWEEP_DIR={sweep_dir} holds no results.json (at any depth)")
     rows = summarise(jobs)
-    (sweep_dir / "table.md").write_text(markdown(rows, jobs, sweep_dir, seeds), encoding="utf-8")
+    from bnn_bench import uncertainty_report  # evaluation.*: a table.md section and a plot
+
+    text = markdown(rows, jobs, sweep_dir, seeds) + uncertainty_report.markdown(rows)
+    (sweep_dir / "table.md").write_text(text, encoding="utf-8")
     (sweep_dir / "table.tex").write_text(latex(rows, jobs), encoding="utf-8")
     files = [sweep_dir / "table.md", sweep_dir / "table.tex", *sweep_plots(rows, sweep_dir)]
+    shift_plot = uncertainty_report.accuracy_vs_shift(rows, sweep_dir / "accuracy_vs_shift.png")
+    files += [shift_plot] if shift_plot else []
     return {"rows": rows, "jobs": jobs, "not_finished": _not_finished(jobs), "files": files}
 
 

@@ -62,6 +62,7 @@ def test_default_run_writes_complete_results(run_cli, tmp_path):
     grads = 8 * 4 * (5 * 200 + results["n_train"])  # J * (S + 1) * sum M_k
     assert results["example_grads"] == grads == rows[-1]["example_grads"]
     assert not (out / "posterior.npz").exists()
+    assert not {"ood", "shift", "selective"} & set(results)  # evaluation.* is off by default
 
 
 @pytest.mark.slow
