@@ -195,6 +195,7 @@ def run(job) -> dict[str, Any]:
         num_particles=smc.num_particles,
         callback=callback,
         sync_every=cfg.log_every,
+        state_every=job.state_every,
         should_stop=job.should_stop,
         counts=counts,
         elapsed=elapsed,

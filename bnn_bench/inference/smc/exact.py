@@ -30,7 +30,6 @@ no-op (`info.active` False); the driver `run` never dispatches one.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
@@ -42,6 +41,7 @@ from blackjax.smc import ess as bj_ess
 from blackjax.smc import solver as bj_solver
 from jax.scipy.special import logsumexp
 
+from bnn_bench.inference import driver
 from bnn_bench.inference.smc import moves
 from bnn_bench.inference.smc.proposals import diagonal_inverse_mass
 from bnn_bench.inference.smc.sampler import RESAMPLERS
@@ -427,88 +427,98 @@ def run(
     num_particles: int,
     callback: Callable[[dict, ExactState | None], bool | None] | None = None,
     sync_every: int = 10,
+    state_every: int = 0,
     should_stop: Callable[[], bool] | None = None,
     counts: dict | None = None,
     elapsed: float = 0.0,
 ) -> tuple[ExactState, str, dict]:
-    """Run the path to its end; returns (state, status, counts).
+    """Run the path to its end on the shared host loop (inference/driver.py); returns
+    (state, status, counts).
 
     x, y: the whole training set in the path's (permuted) order, on the device. The host syncs
     every `sync_every` dispatched steps (every step while an automated schedule grows: the next
     bucket depends on the last choice) and dispatches each segment with the smallest bucket that
     holds every row a step of it can need, so no step is a no-op. counts: iterations,
     example_grads (J * (rows of every gradient + rows of every reweighting forward pass)),
-    n_resample, n_bridge. callback(record, state) gets one record per iteration, the state at
-    the last one; returning True stops. Status: finished | stopped | interrupted | diverged.
+    n_resample, n_bridge. callback(record, state) gets one record per iteration, and the state
+    at multiples of `state_every`, at the end and when stopping; returning True stops.
+    Status: finished | stopped | interrupted | diverged.
     """
     counts = dict(counts or {"iterations": 0, "example_grads": 0, "n_resample": 0, "n_bridge": 0})
-    grads = moves.gradient_evaluations(config.move)
-    t0 = time.perf_counter() - elapsed
-    host = jax.device_get(
-        {"m_from": state.m_from, "m_to": state.m_to, "lam": state.lam, "entry": state.entry}
-    )
     if bool(state.done):
         return state, "finished", counts
-    while True:
-        segment = 1 if plan.automated else max(1, sync_every)
-        bucket = _bucket_for(rows_needed(plan, host, segment), bucket_sizes)
-        pending = []
-        for _ in range(segment):
-            state, info = step(
-                rng_key,
-                state,
-                x,
-                y,
-                log_prior=log_prior,
-                log_likelihood=log_likelihood,
-                plan=plan,
-                config=config,
-                bucket=bucket,
-            )
-            pending.append(info)
-        infos, host, done = jax.device_get(
-            (
-                pending,
-                {
-                    "m_from": state.m_from,
-                    "m_to": state.m_to,
-                    "lam": state.lam,
-                    "entry": state.entry,
-                },
-                state.done,
-            )
+    grads = moves.gradient_evaluations(config.move)
+    segment = 1 if plan.automated else max(1, sync_every)
+    # What the host knows of the path since the last sync, and the bucket of the segment.
+    host = {"at": _host_view(state), "bucket": None, "state": state}
+
+    def dispatch(st):
+        if host["bucket"] is None:
+            host["bucket"] = _bucket_for(rows_needed(plan, host["at"], segment), bucket_sizes)
+        st, info = step(
+            rng_key,
+            st,
+            x,
+            y,
+            log_prior=log_prior,
+            log_likelihood=log_likelihood,
+            plan=plan,
+            config=config,
+            bucket=host["bucket"],
         )
-        elapsed = time.perf_counter() - t0
-        stopping = should_stop is not None and should_stop()
-        active = [inf for inf in infos if inf.active]
-        for j, inf in enumerate(active):
+        host["state"] = st
+        return st, info
+
+    def to_records(infos, elapsed_s):
+        host["at"], done = jax.device_get((_host_view(host["state"]), host["state"].done))
+        host["bucket"] = None  # the next segment's bucket comes from this sync
+        records = []
+        for inf in (inf for inf in infos if inf.active):
             counts["iterations"] = int(inf.iteration)
             rows = int(inf.move_rows) * grads + int(inf.forward_rows)
             counts["example_grads"] += num_particles * rows
             counts["n_resample"] += int(inf.resampled)
             counts["n_bridge"] += int(inf.bridged)
-            record = {
-                "iter": int(inf.iteration),
-                "batch_size": int(inf.m_to),
-                "lambda": float(inf.lam),
-                "ess": float(inf.ess),
-                "resampled": bool(inf.resampled),
-                "accept_mean": float(inf.accept),
-                "divergent": int(inf.divergent),
-                "step_size": float(inf.step_size),
-                "log_evidence": float(inf.log_evidence),
-                "bridged": bool(inf.bridged),
-                "progress": float(inf.progress),
-                "time_s": elapsed,
-                "example_grads": counts["example_grads"],
-            }
-            last = j == len(active) - 1
-            stop = callback(record, state if last else None) if callback else None
-            if not np.isfinite(inf.ess) or inf.ess == 0.0:
-                return state, "diverged", counts
-            if stop:
-                return state, "stopped", counts
-        if bool(done):
-            return state, "finished", counts
-        if stopping:
-            return state, "interrupted", counts
+            records.append(
+                {
+                    "iter": int(inf.iteration),
+                    "batch_size": int(inf.m_to),
+                    "lambda": float(inf.lam),
+                    "ess": float(inf.ess),
+                    "resampled": bool(inf.resampled),
+                    "accept_mean": float(inf.accept),
+                    "divergent": int(inf.divergent),
+                    "step_size": float(inf.step_size),
+                    "log_evidence": float(inf.log_evidence),
+                    "bridged": bool(inf.bridged),
+                    "progress": float(inf.progress),
+                    "time_s": elapsed_s,
+                    "example_grads": counts["example_grads"],
+                }
+            )
+        return records, bool(done)
+
+    def diverged(record):
+        return not np.isfinite(record["ess"]) or record["ess"] == 0.0
+
+    state, status, _ = driver.run(
+        dispatch,
+        state,
+        num_iterations=plan.max_iterations,
+        to_records=to_records,
+        diverged=diverged,
+        start=counts["iterations"],
+        elapsed=elapsed,
+        sync_every=segment,
+        state_every=state_every,
+        callback=callback,
+        should_stop=should_stop,
+    )
+    if status == "stopped" and bool(state.done):  # the path ended before the iteration cap
+        status = "finished"
+    return state, status, counts
+
+
+def _host_view(state: ExactState) -> dict:
+    """The scalars of the state that the host needs to choose the next bucket."""
+    return {"m_from": state.m_from, "m_to": state.m_to, "lam": state.lam, "entry": state.entry}
