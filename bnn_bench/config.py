@@ -6,6 +6,7 @@ values with a ConfigError naming the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
@@ -83,6 +84,7 @@ class DatasetConfig:
     task: str | None = None
     dim: int = 5
     noise_std: float = 0.5
+    num_classes: int | None = None
 
 
 @dataclass
@@ -186,6 +188,32 @@ def check_targets(node, prefix: str = "") -> None:
 
 
 ALLOWED_TARGET_PREFIX = "bnn_bench."
+MAX_INT = 2**31 - 1  # counts, sizes and widths are int32 in JAX
+MAX_SEED = 2**32 - 1  # jax.random.key folds larger seeds back onto 0..2**32-1
+
+
+def check_numbers(node, prefix: str = "") -> None:
+    """Every number in the config, whatever its key: floats finite, integers within int32 and
+    `seed` in 0..2**32-1, so that no value can overflow or turn into NaN deep inside a run."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            check_numbers(value, f"{prefix}{key}.")
+        return
+    if isinstance(node, list):
+        for i, value in enumerate(node):
+            check_numbers(value, f"{prefix[:-1]}[{i}].")
+        return
+    key = prefix[:-1]
+    if isinstance(node, bool):
+        return
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key}={node} is not allowed; it must be a finite number")
+    if isinstance(node, int):
+        low, high = (0, MAX_SEED) if key == "seed" else (-MAX_INT, MAX_INT)
+        if not low <= node <= high:
+            raise ConfigError(
+                f"{key}={node} is not allowed; it must be an integer in {low}..{high}"
+            )
 
 
 def check_known_keys(node, schema, prefix: str = "") -> None:
@@ -208,6 +236,7 @@ def validate(cfg) -> None:
     tree = OmegaConf.to_container(cfg, resolve=False)
     check_targets(tree)
     check_known_keys(tree, OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
+    check_numbers(OmegaConf.to_container(cfg, resolve=True))
     _allowed("method", cfg.method.name, ("smc", "vi"))
     validate_vi(cfg.vi)
     smc = cfg.smc
@@ -246,6 +275,13 @@ def validate(cfg) -> None:
     _check("dataset.test_fraction", d.test_fraction, 0 < d.test_fraction < 1, "in (0, 1)")
     if d.n_train is not None:
         _check("dataset.n_train", d.n_train, d.n_train >= 1, "an integer >= 1 (or null)")
+    if d.n_test is not None:
+        _check("dataset.n_test", d.n_test, d.n_test >= 1, "an integer >= 1 (or null)")
+    if d.num_classes is not None:
+        k = d.num_classes
+        _check("dataset.num_classes", k, k >= 2, "an integer >= 2 (or null: K from the labels)")
+    for i, width in enumerate(cfg.model.hidden):
+        _check(f"model.hidden[{i}]", width, width >= 1, "an integer >= 1 (a layer's width)")
     if d.name == "npz" and not d.path:
         raise ConfigError("dataset.path is required for dataset=npz: an .npz file with x and y")
     _check("prior.std", cfg.prior.std, cfg.prior.std > 0, "> 0")
