@@ -190,11 +190,11 @@ def _configure_jax(cfg: DictConfig, job_num: int) -> list[int] | None:
 def _output_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
+    from bnn_bench.tracking import check_writable_dir
+
     out = Path(HydraConfig.get().runtime.output_dir)
-    probe = out / ".write_test"
     try:
-        probe.write_text("")
-        probe.unlink()
+        check_writable_dir(out)  # touches no file or link already there
     except OSError as exc:
         raise ConfigError(f"output directory {out} is not writable ({exc.strerror})") from exc
     return out
