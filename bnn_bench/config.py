@@ -236,7 +236,11 @@ def validate(cfg) -> None:
     tree = OmegaConf.to_container(cfg, resolve=False)
     check_targets(tree)
     check_known_keys(tree, OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
-    check_numbers(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - e.g. ${hydra:...} before Hydra runs: check what resolves
+        resolved = tree
+    check_numbers(resolved)
     _allowed("method", cfg.method.name, ("smc", "vi"))
     validate_vi(cfg.vi)
     smc = cfg.smc
