@@ -75,7 +75,15 @@ def load(path: Path, like) -> tuple[Any, dict[str, Any]]:
 
 
 # Keys that may change between a run and its resumption without changing what is computed.
-VOLATILE_KEYS = ("resume", "progress", "logger", "checkpoint_every", "log_every", "eval_every")
+VOLATILE_KEYS = (
+    "resume",
+    "overwrite",
+    "progress",
+    "logger",
+    "checkpoint_every",
+    "log_every",
+    "eval_every",
+)
 
 
 def fingerprint(config: dict[str, Any]) -> dict[str, Any]:

@@ -118,6 +118,10 @@ class HardwareConfig:
     cores_per_job: int | None = None
     compilation_cache: str | None = "outputs/.jax_cache"
     distributed: bool = False
+    # jax.distributed.initialize's arguments; null: detected from the cluster (SLURM, ...)
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
 
 
 @dataclass
@@ -150,6 +154,7 @@ class Config:
     progress: bool = True
     checkpoint_every: int = 100
     resume: bool = False
+    overwrite: bool = False
 
 
 def register_configs() -> None:
@@ -303,6 +308,17 @@ def validate(cfg) -> None:
     _allowed("hardware.particle_map", h.particle_map, ("auto", "vmap", "unroll"))
     _check("hardware.eval_chunk", h.eval_chunk, h.eval_chunk >= 1, "an integer >= 1")
     _check("hardware.devices", h.devices, h.devices >= 1, "an integer >= 1")
+    for key in ("coordinator_address", "num_processes", "process_id"):
+        if not h.distributed and h[key] is not None:
+            raise ConfigError(
+                f"hardware.{key}={h[key]} is not allowed without hardware.distributed=true"
+            )
+    if h.num_processes is not None:
+        _check("hardware.num_processes", h.num_processes, h.num_processes >= 1, "an integer >= 1")
+    if h.process_id is not None:
+        top = h.num_processes - 1 if h.num_processes is not None else "num_processes - 1"
+        ok = h.process_id >= 0 and (h.num_processes is None or h.process_id < h.num_processes)
+        _check("hardware.process_id", h.process_id, ok, f"an integer in 0..{top}")
     _allowed("logger", cfg.logger.name, ("wandb", "none"))
     _allowed("logger.mode", cfg.logger.mode, ("online", "offline", "disabled"))
     _check("eval_every", cfg.eval_every, cfg.eval_every >= 0, ">= 0 (0: only at the end)")

@@ -6,13 +6,9 @@ input is answered with one line and exit code 2 before Hydra creates any output 
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 import os
-import signal
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -25,6 +21,7 @@ from bnn_bench.checkpoint import Checkpoints
 from bnn_bench.config import register_configs, validate, validate_against_data
 from bnn_bench.errors import BnnBenchError, ConfigError, RunDiverged, RunInterrupted
 from bnn_bench.plots import run_plots
+from bnn_bench.signals import STOP, loop_ended, results_ready, stop_message, stop_on_signals
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # A wheel carries conf/ as bnn_bench/conf (pyproject's package-dir); a source checkout or an
@@ -40,6 +37,7 @@ CONFIG_DIR = next(
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, as a shell reports a job killed by it
+EXIT_SIGINT = 130  # 128 + SIGINT (Ctrl-C)
 _failed_jobs: list[str] = []
 
 register_configs()
@@ -124,7 +122,8 @@ def preflight(argv: list[str]) -> None:
             jobs = job_overrides([*extra, *args.overrides], args.multirun)
             if args.multirun:
                 jobs = _with_sweeper_params(compose, [*extra, *args.overrides], jobs[0])
-            for overrides in jobs:
+            first = None
+            for num, overrides in enumerate(jobs):
                 try:
                     cfg = compose(
                         config_name=config_name, overrides=overrides, return_hydra_config=True
@@ -137,8 +136,11 @@ def preflight(argv: list[str]) -> None:
                 hydra_cfg = cfg.hydra
                 with open_dict(cfg):
                     del cfg["hydra"]
+                if "hardware" in cfg:
+                    first = _backend_before_anything(cfg, hydra_cfg, args.multirun, first)
                 if config_name == "config" and not args.config_path:
                     validate(cfg)  # a user's own primary config is validated when its job runs
+                _check_job_dir(cfg, hydra_cfg, args.multirun, num)
             key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
             check_creatable(key, hydra_cfg.sweep.dir if args.multirun else hydra_cfg.run.dir)
     except BnnBenchError:
@@ -147,6 +149,46 @@ def preflight(argv: list[str]) -> None:
         raise ConfigError(hydra_error_line(exc)) from exc
     finally:
         GlobalHydra.instance().clear()
+
+
+def _backend_before_anything(cfg, hydra_cfg, multirun: bool, first):
+    """Set up this process's JAX backend from the first job's hardware: before validate imports
+    inference code (blackjax starts the backend at import). Jobs that a launcher runs in other
+    processes set up their own; this process then only validates, on the CPU."""
+    from bnn_bench import backend
+
+    same_process = not multirun or str(hydra_cfg.launcher.get("_target_", "")).endswith(
+        "BasicLauncher"
+    )
+    if not same_process:
+        import jax
+
+        if not backend.backend_started():
+            jax.config.update("jax_platforms", "cpu")
+        return first
+    if first is None:
+        return backend.configure_backend(cfg.hardware)
+    if backend.settings(cfg.hardware) != first:  # one process cannot run two backends
+        backend.configure_backend(cfg.hardware)  # raises, naming the key that differs
+    return first
+
+
+def _check_job_dir(cfg, hydra_cfg, multirun: bool, num: int) -> None:
+    """A job's directory may not hold a finished run (or a different one to resume) before
+    Hydra writes its .hydra/ record there: the checks of rundir.resume_point, up front."""
+    from bnn_bench.rundir import check_before_start
+
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        if multirun:
+            if str(OmegaConf.to_container(hydra_cfg)["sweep"]["subdir"]) != "${hydra.job.num}":
+                return
+            directory = Path(str(hydra_cfg.sweep.dir)) / str(num)
+        else:
+            directory = Path(str(hydra_cfg.run.dir))
+    except Exception:  # noqa: BLE001 - a value only Hydra can resolve: run_job checks it
+        return
+    check_before_start(directory, config)
 
 
 def _config_sources(args) -> tuple[str, str, list[str]]:
@@ -206,22 +248,15 @@ def check_creatable(key: str, directory: str) -> None:
 
 
 def _configure_jax(cfg: DictConfig, job_num: int) -> list[int] | None:
-    """Cores, platform, dtype, compilation cache, multi-host; returns the pinned cores if any."""
-    import jax
-
+    """Cores, then the backend (platform, dtype, compilation cache, multi-host; a no-op when
+    preflight already set it up in this process), then the device count; returns the pinned
+    cores if any."""
     from bnn_bench import hardware
+    from bnn_bench.backend import configure_backend
 
     h = cfg.hardware
     cores = hardware.pin_cores(h.cores_per_job, job_num) if h.cores_per_job else None
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no "no TPU" notices
-    platform = {"gpu": "cuda"}.get(h.platform, h.platform)
-    jax.config.update("jax_platforms", platform)
-    if h.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
-    if h.compilation_cache:
-        hardware.enable_compilation_cache(h.compilation_cache)
-    if h.distributed:
-        jax.distributed.initialize()  # coordinator and process ids from SLURM's environment
+    configure_backend(h)
     hardware.check_devices(h.devices, cfg.smc.num_particles)
     return cores
 
@@ -464,10 +499,8 @@ def raise_if_stopped(status: str, iteration: int, out_dir: Path, divergence: str
     if status == "diverged":
         raise RunDiverged(divergence.format(iteration=iteration))
     if status == "interrupted":
-        raise RunInterrupted(
-            f"interrupted by SIGTERM at iteration {iteration}; checkpoint written; "
-            f"continue with resume=true hydra.run.dir={out_dir}"
-        )
+        raise stop_message(iteration, out_dir)
+    loop_ended(iteration, out_dir)  # a signal from now on stops the final evaluation at once
 
 
 def proposal_from_config(cfg: DictConfig):
@@ -723,21 +756,30 @@ METHODS = {"smc": run_smc, "vi": run_vi}
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
-    """Run one configured job end to end and write its results.json."""
+    """Run one configured job end to end and write its results.json; SIGTERM and SIGINT stop
+    it cleanly from its first line to its last (bnn_bench.signals)."""
     from hydra.core.hydra_config import HydraConfig
 
+    hc = HydraConfig.get()
+    with stop_on_signals(Path(hc.runtime.output_dir)):
+        return _run_job(cfg, hc)
+
+
+def _run_job(cfg: DictConfig, hc) -> dict[str, Any]:
+    from bnn_bench import rundir
     from bnn_bench.tracking import WandbRun, new_run_id, truncate_metrics, write_json
 
-    hc = HydraConfig.get()
     validate(cfg)
     cores = _configure_jax(cfg, job_num=hc.job.num if hc.mode.name == "MULTIRUN" else 0)
     out_dir = _output_dir()
     config = OmegaConf.to_container(cfg, resolve=True)
     checkpoints = Checkpoints(out_dir / "checkpoint.npz", config, cfg.checkpoint_every)
-    resumed = _resume_point(cfg, out_dir, checkpoints)
+    resumed = rundir.resume_point(out_dir, checkpoints, resume=cfg.resume, overwrite=cfg.overwrite)
     data = load_data(cfg)
     validate_against_data(cfg, data.n_train)
     posterior = build_posterior(cfg, data)
+    if resumed is None and cfg.overwrite:
+        rundir.clear_replaced(out_dir)  # every check passed: the old run may go now
     truncate_metrics(out_dir / "metrics.jsonl", after=resumed["iteration"] if resumed else 0)
 
     group, job_type, name = wandb_names(
@@ -771,13 +813,13 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     exit_code = 1
     try:
-        with _sigterm_sets_stop():
-            try:
-                method = METHODS[cfg.method.name]
-                results = method(cfg, data, posterior, reporter, out_dir, checkpoints)
-                status = "finished"
-            finally:
-                reporter.close()
+        try:
+            method = METHODS[cfg.method.name]
+            results = method(cfg, data, posterior, reporter, out_dir, checkpoints)
+            results_ready()  # only results.json and the plots remain: a signal now is too late
+            status = "finished"
+        finally:
+            reporter.close()
         results = {**base, **results, "runtime_s": time.perf_counter() - t0, "status": status}
         results["peak_rss_mb"] = peak_rss_mb()  # every method: the memory issue compares J and N
         write_json(out_dir / "results.json", results)
@@ -794,41 +836,6 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         wandb_run.finish(exit_code)
-
-
-def _resume_point(cfg: DictConfig, out_dir: Path, checkpoints: Checkpoints) -> dict | None:
-    """The checkpoint metadata to resume from (resume=true), or None for a fresh run.
-
-    A fresh run refuses a directory that already holds a run, so that nothing is overwritten.
-    """
-    if not cfg.resume:
-        held = [f for f in ("checkpoint.npz", "results.json") if (out_dir / f).exists()]
-        if held:
-            raise ConfigError(
-                f"output directory {out_dir} already holds a run ({held[0]}); pass resume=true "
-                "to continue it, or choose another hydra.run.dir"
-            )
-        return None
-    if not checkpoints.exists():
-        print(f"[bnn-bench] resume: no checkpoint in {out_dir}; starting afresh", file=sys.stderr)
-        return None
-    meta = checkpoints.peek()
-    print(f"[bnn-bench] resume: continuing from iteration {meta['iteration']}", file=sys.stderr)
-    return meta
-
-
-# Set by SIGTERM (a preempted cluster job): the run loop writes a checkpoint and stops.
-STOP = threading.Event()
-
-
-@contextlib.contextmanager
-def _sigterm_sets_stop():
-    STOP.clear()
-    previous = signal.signal(signal.SIGTERM, lambda *_: STOP.set())
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def wandb_names(cfg: DictConfig, *, multirun: bool, sweep_dir: str) -> tuple[str, str, str]:
@@ -882,7 +889,7 @@ def _hydra_entry(cfg: DictConfig) -> None:
         _failed_jobs.append(HydraConfig.get().runtime.output_dir)
     except RunInterrupted as exc:
         _say(str(exc))
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(128 + getattr(exc, "signum", EXIT_INTERRUPTED - 128))
     except Exception as exc:
         if os.environ.get("BNN_BENCH_TRACEBACK"):
             traceback.print_exc()
@@ -896,12 +903,16 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point `bnn-bench`."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        preflight(argv)
-    except BnnBenchError as exc:
-        _say(str(exc))
-        sys.exit(EXIT_USAGE)
-    sys.argv = [sys.argv[0], *argv]
-    _hydra_entry()
+        try:
+            preflight(argv)
+        except BnnBenchError as exc:
+            _say(str(exc))
+            sys.exit(EXIT_USAGE)
+        sys.argv = [sys.argv[0], *argv]
+        _hydra_entry()
+    except KeyboardInterrupt:  # Ctrl-C outside a job (a job itself stops cleanly on SIGINT)
+        _say("interrupted by SIGINT before a job started or after it ended; nothing to resume")
+        sys.exit(EXIT_SIGINT)
     if _failed_jobs:
         _say(f"{len(_failed_jobs)} job(s) failed: {', '.join(_failed_jobs)}")
         sys.exit(EXIT_FAILED)
