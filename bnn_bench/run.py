@@ -261,6 +261,15 @@ def _configure_jax(cfg: DictConfig, job_num: int) -> list[int] | None:
     return cores
 
 
+def _process_fields(cfg: DictConfig) -> dict[str, int]:
+    """Which process of a jax.distributed run wrote this results.json (hardware.distributed)."""
+    if not cfg.hardware.distributed:
+        return {}
+    import jax
+
+    return {"process_index": jax.process_index(), "process_count": jax.process_count()}
+
+
 def _output_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
@@ -795,6 +804,7 @@ def _run_job(cfg: DictConfig, hc) -> dict[str, Any]:
         "n_test": int(len(data.y_test)),
         "n_params": posterior.dim,
         **({"cores": cores} if cores else {}),
+        **_process_fields(cfg),
     }
     wandb_run = WandbRun(
         mode=cfg.logger.mode if cfg.logger.name == "wandb" else "disabled",
