@@ -1,15 +1,50 @@
-"""Hardware set-up for one job: cores, the persistent compilation cache, devices, multi-host.
+"""Hardware set-up for one job: cores, platform, the compilation cache, devices, multi-host, and
+the job's peak memory.
 
-Called by run.py before any computation (XLA sizes its thread pools from the CPU affinity and
-reads its flags when the backend starts).
+`configure` is called by run.py before any computation (XLA sizes its thread pools from the CPU
+affinity and reads its flags when the backend starts).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from bnn_bench.errors import ConfigError
+
+
+def configure(hardware, *, job_num: int) -> list[int] | None:
+    """Cores, then the JAX backend (platform, dtype, compilation cache, multi-host: a no-op when
+    preflight already set it up in this process, bnn_bench.backend), then the device count;
+    returns the pinned cores, if any."""
+    from bnn_bench.backend import configure_backend
+
+    h = hardware
+    cores = pin_cores(h.cores_per_job, job_num) if h.cores_per_job else None
+    configure_backend(h)
+    check_devices(h.devices)
+    return cores
+
+
+def process_fields(hardware) -> dict[str, int]:
+    """Which process of a jax.distributed run wrote a results.json (hardware.distributed)."""
+    if not hardware.distributed:
+        return {}
+    import jax
+
+    return {"process_index": jax.process_index(), "process_count": jax.process_count()}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (ru_maxrss: KiB on Linux, bytes on macOS).
+
+    A process-wide high-water mark: in a multirun with the basic launcher (jobs share one
+    process) a job reports the largest peak of the sweep so far; measure memory in single runs."""
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
 def pin_cores(cores_per_job: int, job_num: int) -> list[int]:
@@ -39,8 +74,8 @@ def enable_compilation_cache(directory: str) -> Path:
     return path
 
 
-def check_devices(devices: int, num_particles: int) -> None:
-    """hardware.devices must exist and divide J (particles are split evenly across devices)."""
+def check_devices(devices: int) -> None:
+    """hardware.devices must exist."""
     import jax
 
     available = len(jax.devices())
@@ -48,11 +83,6 @@ def check_devices(devices: int, num_particles: int) -> None:
         raise ConfigError(
             f"hardware.devices={devices} is not allowed; this machine has {available} "
             f"{jax.default_backend()} device(s)"
-        )
-    if num_particles % devices:
-        raise ConfigError(
-            f"hardware.devices={devices} is not allowed; it must divide "
-            f"smc.num_particles={num_particles}"
         )
 
 

@@ -34,9 +34,7 @@ from bnn_bench.tracking import atomic_write_bytes, check_writable_dir
 
 EXIT_USAGE = 2
 EXIT_NOT_FINISHED = 1
-SCHEDULE_ORDER = ("full", "constant", "ctr", "linear", "automated", "sda", "ctr_adaptive")
 PROPOSAL_ORDER = ("hmc", "langevin")
-ALGORITHM_ORDER = ("score_prox", "advi", "gsm", "bam")
 
 
 @dataclass
@@ -79,19 +77,29 @@ def base_proposal(label: str) -> str:
 
 
 def group_key(results: dict[str, Any]) -> tuple[str, str, str, str]:
-    """(experiment, method, schedule or algorithm, proposal) of one job."""
+    """(experiment, method, variant, proposal) of one job; the method's entry in the registry
+    names its row (smc: schedule and proposal; vi: the algorithm)."""
+    from bnn_bench.methods import METHODS
+
     method = str(results.get("method") or "?")
     experiment = str(results.get("experiment") or "-")
-    if method == "smc":
-        proposal = str(results.get("proposal"))
-        if results.get("adapt_step_size"):  # a tuned move is its own row, not mixed with fixed h
-            proposal += "+adapt"
-        if results.get("mass") == "diag":
-            proposal += "+diag"
-        return experiment, method, str(results.get("schedule", "?")), proposal
-    if method == "vi":
-        return experiment, method, str(results.get("algorithm", "?")), ""
-    return experiment, method, "", ""
+    if method not in METHODS:
+        return experiment, method, "", ""
+    return experiment, method, *METHODS[method].row(results)
+
+
+def read_job(path: Path, directory: str | Path) -> Job:
+    """The job of one results.json; an unreadable or missing one becomes a failed job whose error
+    says why (never dropped)."""
+    try:
+        results = json.loads(Path(path).read_text(encoding="utf-8"))
+        problem = sweeps.results_shape_problem(results)
+        if problem:
+            raise ValueError(f"wrong shape: {problem}")
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        results = {"status": "failed", "error": f"unreadable results.json: {reason}"}
+    return Job(str(directory), results)
 
 
 def collect(sweep_dir: Path) -> list[Job]:
@@ -110,19 +118,10 @@ def collect(sweep_dir: Path) -> list[Job]:
         return str(path.relative_to(sweep_dir)) or "."
 
     for path in sorted(sweep_dir.rglob("results.json"), key=_natural_key):
-        try:
-            results = json.loads(path.read_text(encoding="utf-8"))
-            problem = sweeps.results_shape_problem(results)
-            if problem:
-                raise ValueError(f"wrong shape: {problem}")
-        except (OSError, ValueError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            results = {
-                **sweeps.job_config(path.parent),
-                "status": "failed",
-                "error": f"unreadable results.json: {reason}",
-            }
-        jobs[rel(path.parent)] = Job(rel(path.parent), results)
+        job = read_job(path, rel(path.parent))
+        if "method" not in job.results:  # unreadable: its row from the job's .hydra/config.yaml
+            job.results = {**sweeps.job_config(path.parent), **job.results}
+        jobs[job.directory] = job
     for directory in sweeps.job_dirs(sweep_dir):
         if rel(directory) not in jobs:
             jobs[rel(directory)] = _no_results(rel(directory), directory)
@@ -196,12 +195,14 @@ def summarise(jobs: list[Job]) -> list[Row]:
             values = [j.results[metric] for j in row.jobs if _number(j.results.get(metric))]
             if values:
                 row.stats[metric] = _mean_std(values)
+    from bnn_bench.methods import METHODS
+
     for row in rows.values():
-        if row.method != "smc":
+        if row.method not in METHODS:
             continue
-        full = rows.get((row.experiment, "smc", "full", row.proposal)) or rows.get(
-            (row.experiment, "smc", "full", base_proposal(row.proposal))
-        )
+        candidates = METHODS[row.method].baselines(row.variant, row.proposal)
+        found = [rows.get((row.experiment, row.method, *c)) for c in candidates]
+        full = next((r for r in found if r is not None), None)
         if full is None:
             continue
         full_time, row_time = _runtime_by_seed(full.jobs), _runtime_by_seed(row.jobs)
@@ -210,7 +211,7 @@ def summarise(jobs: list[Job]) -> list[Row]:
             row.speedup = _mean_std(ratios)
 
     def sort_key(row: Row):
-        order = SCHEDULE_ORDER if row.method == "smc" else ALGORITHM_ORDER
+        order = METHODS[row.method].variant_order if row.method in METHODS else ()
         return (
             row.experiment,
             row.method,
@@ -418,7 +419,7 @@ def sweep_plots(rows: list[Row], out_dir: Path, sweep_dir: Path | None = None) -
     written += [path] if path else []
     curves = []
     for row in rows:
-        if row.method != "vi":
+        if "neg_elbo" not in row.stats:  # the VI methods' objective
             continue
         for job in row.jobs + row.not_finished:
             metrics = sweep_dir / job.directory / "metrics.jsonl"

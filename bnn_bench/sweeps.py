@@ -111,14 +111,10 @@ def job_config(directory: Path) -> dict[str, Any]:
         value = node.get(key) if isinstance(node, dict) else None
         return value if isinstance(value, str | int | float | bool) else None
 
-    method = get("method")
-    out = {"method": method, "experiment": cfg.get("experiment"), "seed": cfg.get("seed")}
-    if method == "vi":
-        out["algorithm"] = get("vi", "algorithm")
-    else:
-        out.update(schedule=get("schedule"), proposal=get("proposal"))
-        out.update(adapt_step_size=get("proposal", "adapt_step_size"))
-        out.update(mass=get("proposal", "mass"))
+    # the results.json fields that the methods' report rows read (each method picks its own)
+    out = {"method": get("method"), "experiment": cfg.get("experiment"), "seed": cfg.get("seed")}
+    out.update(schedule=get("schedule"), proposal=get("proposal"), algorithm=get("vi", "algorithm"))
+    out.update(adapt_step_size=get("proposal", "adapt_step_size"), mass=get("proposal", "mass"))
     out = {k: v for k, v in out.items() if v is not None}
     return out if not results_shape_problem(out) else {}
 

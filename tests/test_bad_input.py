@@ -17,7 +17,7 @@ from hydra.core.global_hydra import GlobalHydra
 from bnn_bench.config import validate
 from bnn_bench.data import datasets, load_dataset, npz, read_idx
 from bnn_bench.errors import ConfigError, DataError
-from bnn_bench.run import CONFIG_DIR
+from bnn_bench.preflight import CONFIG_DIR
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(20, 3))

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from bnn_bench.errors import ConfigError
 from bnn_bench.hydra_safety import check_hydra, check_searchpath_overrides
-from bnn_bench.run import CONFIG_DIR
+from bnn_bench.preflight import CONFIG_DIR
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import CLI, REPO, cli_env
 
-from bnn_bench import checkpoint, rundir, signals
+from bnn_bench import checkpoint, lifecycle, rundir
 from bnn_bench.errors import ConfigError, DataError, RunInterrupted
 
 TINY = ["model=linear", "smc.num_particles=4", "logger=none", "progress=false"]
@@ -166,31 +166,31 @@ def test_a_finished_run_is_never_modified_by_a_later_command(tmp_path, run_cli):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_the_loop_sets_stop_and_after_it_raises(tmp_path, signum):
-    with signals.stop_on_signals(tmp_path) as stop:
+    with lifecycle.stop_on_signals(tmp_path) as stop:
         os.kill(os.getpid(), signum)
         time.sleep(0.01)
         assert stop.is_set()  # the loop sees it at its next check; nothing raised here
-    with signals.stop_on_signals(tmp_path):
-        signals.loop_ended(7, tmp_path)
+    with lifecycle.stop_on_signals(tmp_path):
+        lifecycle.loop_ended(7, tmp_path)
         with pytest.raises(RunInterrupted, match="during the final evaluation") as err:
             os.kill(os.getpid(), signum)
             for _ in range(100):  # the handler runs between bytecodes
                 time.sleep(0.001)
-    assert err.value.signum == signum and signals.exit_code(signum) == 128 + signum
+    assert err.value.signum == signum and lifecycle.exit_code(signum) == 128 + signum
     assert signal.Signals(signum).name in str(err.value)
-    with signals.stop_on_signals(tmp_path):
-        signals.loop_ended(7, tmp_path)
-        signals.results_ready()
+    with lifecycle.stop_on_signals(tmp_path):
+        lifecycle.loop_ended(7, tmp_path)
+        lifecycle.results_ready()
         os.kill(os.getpid(), signum)  # too late to matter: results are written
         time.sleep(0.01)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
 def test_a_signal_just_before_the_loop_ended_still_interrupts(tmp_path):
-    with signals.stop_on_signals(tmp_path) as stop:
+    with lifecycle.stop_on_signals(tmp_path) as stop:
         stop.set()
         with pytest.raises(RunInterrupted, match="before the final evaluation"):
-            signals.loop_ended(5, tmp_path)
+            lifecycle.loop_ended(5, tmp_path)
 
 
 def _wait_for(path, proc, timeout=240):

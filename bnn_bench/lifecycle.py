@@ -1,4 +1,5 @@
-"""SIGTERM and SIGINT (Ctrl-C) during a job: the same clean stop for both (issue 17, item 2).
+"""A job's life: SIGTERM and SIGINT (Ctrl-C) stop it cleanly, the statuses a run ends with, and
+the failed jobs of a multirun.
 
 While a job runs, either signal sets STOP: the run loop sees it at its next check, writes a
 checkpoint and ends; the job writes results.json with status=interrupted, prints one line and
@@ -18,10 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bnn_bench.errors import RunInterrupted
+from bnn_bench.errors import RunDiverged, RunInterrupted
 
+# Set by SIGTERM or SIGINT: the run loop hands out its state, the method writes a checkpoint, and
+# the job ends as interrupted.
 STOP = threading.Event()
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+# Output directories of the jobs of this process that failed (a multirun goes on after them).
+FAILED_JOBS: list[str] = []
 
 
 class _Job:
@@ -112,3 +118,26 @@ def stop_message(iteration: int, out_dir: Path) -> RunInterrupted:
     """The RunInterrupted for a run loop that stopped on STOP (its checkpoint written)."""
     _job.iteration, _job.out_dir = iteration, out_dir
     return interrupted(f"at iteration {iteration}")
+
+
+def raise_if_stopped(status: str, iteration: int, out_dir: Path, divergence: str) -> None:
+    """Turn a run loop's "diverged" or "interrupted" status into the job's one-line error, and
+    mark the loop's end (a signal from then on interrupts the final evaluation at once).
+
+    `divergence` is the method's message; {iteration} in it is filled in."""
+    if status == "diverged":
+        raise RunDiverged(divergence.format(iteration=iteration))
+    if status == "interrupted":
+        raise stop_message(iteration, out_dir)
+    loop_ended(iteration, out_dir)
+
+
+def status_of(exc: BaseException) -> str:
+    """results.json's status for a job that ended with `exc`."""
+    return {RunDiverged: "diverged", RunInterrupted: "interrupted"}.get(type(exc), "failed")
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
