@@ -296,3 +296,18 @@ def test_jax_distributed_in_a_two_process_local_run(tmp_path):
         results = json.loads((tmp_path / str(pid) / "results.json").read_text())
         assert results["status"] == "finished"
         assert (results["process_index"], results["process_count"]) == (pid, 2)
+
+
+def test_importing_the_entry_layer_does_not_start_jax():
+    """What the CLI imports before preflight applies hardware.* must not start the backend
+    (blackjax starts it at import, so inference/ imports blackjax where it is used)."""
+    code = (
+        "import bnn_bench.cli, bnn_bench.run, bnn_bench.config, bnn_bench.methods\n"
+        "import bnn_bench.inference.smc.sampler, bnn_bench.inference.smc.proposals\n"
+        "from bnn_bench import backend\n"
+        "print(backend.backend_started())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
