@@ -311,3 +311,29 @@ def test_importing_the_entry_layer_does_not_start_jax():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_final_evaluation_is_not_ignored(tmp_path):
+    """A large test set makes the final evaluation last seconds: SIGTERM once the loop's last
+    record is written interrupts it (before, the flag was set and nobody looked: exit 0)."""
+    out = tmp_path / "run"
+    args = ["dataset=synthetic_regression", "likelihood=gaussian", "dataset.n_test=3000000"]
+    args += ["smc.num_iterations=3", "log_every=1", "schedule=full", "smc.num_particles=16"]
+    args += [*TINY, "hardware.eval_chunk=1000", f"hydra.run.dir={out}"]
+    proc = subprocess.Popen(
+        [*CLI, *args], cwd=REPO, env=cli_env(), stderr=subprocess.PIPE, text=True
+    )
+    metrics = out / "metrics.jsonl"
+    t0 = time.time()
+    while not (metrics.exists() and '"iter": 3' in metrics.read_text()):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() - t0 < 300
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=300)[1]
+    lines = stderr.strip().splitlines()
+    assert proc.returncode == 143, stderr
+    assert len(lines) == 1 and "interrupted by SIGTERM" in lines[0], stderr
+    assert "final evaluation" in lines[0]
+    assert json.loads((out / "results.json").read_text())["status"] == "interrupted"
