@@ -30,6 +30,7 @@ def load_data(cfg: DictConfig):
         n_train=d.n_train,
         n_test=d.n_test,
         test_fraction=d.test_fraction,
+        val_fraction=d.val_fraction,
         seed=cfg.seed,
         **options,
     )
@@ -163,10 +164,18 @@ def vi_config(cfg: DictConfig, num_data: int):
     return family.VIConfig(
         num_samples=vi.num_samples,
         batch_size=min(vi.batch_size, num_data),
+        batch_per_sample=bool(vi.batch_per_sample),
+        # the control variate is score_prox's option (the paper's future work)
+        snapshot_every=vi.snapshot_every if vi.algorithm == "score_prox" else 0,
         prox_weight=vi.prox_weight,
         prox_growth=vi.prox_growth,
+        prox_schedule=vi.prox_schedule,
+        max_mean_step=vi.max_mean_step,
+        max_var_ratio=vi.max_var_ratio,
         inner_steps=vi.inner_steps,
+        inner_tol=vi.inner_tol,
         learning_rate=vi.learning_rate,
+        bam_lambda0=vi.bam_lambda0,
         family=vi.family,
         rank=vi.rank if vi.family == "lowrank" else 0,
         sample_map="unroll" if particle_map(cfg) == "unroll" else "scan",

@@ -39,6 +39,8 @@ class SMCSettings:
     resample_threshold: float = _default(SMCConfig, "resample_threshold")
     resampler: str = _default(SMCConfig, "resampler")
     weights: str = _default(SMCConfig, "weights")
+    path: str = "minibatch"  # nested | tempered (exact SMC) | minibatch (the paper's)
+    num_mcmc_steps: int = 5  # Metropolis-adjusted moves per iteration (nested, tempered)
 
 
 @dataclass
@@ -49,10 +51,17 @@ class VISettings:
     num_iterations: int = 1000  # T
     batch_size: int = _default(VIConfig, "batch_size")
     num_samples: int = _default(VIConfig, "num_samples")
+    batch_per_sample: bool = _default(VIConfig, "batch_per_sample")
+    snapshot_every: int = _default(VIConfig, "snapshot_every")
     prox_weight: float = _default(VIConfig, "prox_weight")
     prox_growth: float = _default(VIConfig, "prox_growth")
+    prox_schedule: str = _default(VIConfig, "prox_schedule")
+    max_mean_step: float = _default(VIConfig, "max_mean_step")
+    max_var_ratio: float = _default(VIConfig, "max_var_ratio")
     inner_steps: int = _default(VIConfig, "inner_steps")
+    inner_tol: float = _default(VIConfig, "inner_tol")
     learning_rate: float = _default(VIConfig, "learning_rate")
+    bam_lambda0: float = _default(VIConfig, "bam_lambda0")
     num_predictive_samples: int = 32  # draws from q for the test predictive
     init_std: float = 0.01  # q_0's std as a fraction of the prior std (mean: a prior draw)
 
@@ -84,6 +93,7 @@ class ProposalConfig:
     mass: str = _default(Proposal, "mass")
     max_steps: int = _default(Proposal, "max_steps")
     learning_rate: float = _default(Proposal, "learning_rate")
+    correction: str | None = None  # mh | none; null: mh on nested/tempered, none on minibatch
 
 
 @dataclass
@@ -94,6 +104,7 @@ class DatasetConfig:
     n_train: int | None = None
     n_test: int | None = None
     test_fraction: float = 0.2
+    val_fraction: float = 0.0
     task: str | None = None
     dim: int = 5
     noise_std: float = 0.5
@@ -270,6 +281,10 @@ def validate(cfg) -> None:
     _check("smc.resample_threshold", t, 0 <= t <= 1, "in [0, 1]")
     _allowed("smc.resampler", smc.resampler, tuple(RESAMPLERS))
     _allowed("smc.weights", smc.weights, WEIGHTS)
+    if cfg.method.name == "smc":
+        from bnn_bench.methods.smc_exact import validate as validate_path
+
+        validate_path(cfg)
     s = cfg.schedule
     _allowed("schedule", s.name, SCHEDULES)
     _check("schedule.batch_size", s.batch_size, s.batch_size >= 1, "an integer >= 1")
@@ -297,6 +312,8 @@ def validate(cfg) -> None:
     _check("proposal.learning_rate", lr, lr > 0, "> 0")
     d = cfg.dataset
     _check("dataset.test_fraction", d.test_fraction, 0 < d.test_fraction < 1, "in (0, 1)")
+    vf = d.val_fraction
+    _check("dataset.val_fraction", vf, 0 <= vf < 1, "in [0, 1) (0: evaluate on the test set)")
     if d.n_train is not None:
         _check("dataset.n_train", d.n_train, d.n_train >= 1, "an integer >= 1 (or null)")
     if d.n_test is not None:
@@ -345,7 +362,7 @@ def validate(cfg) -> None:
 def validate_vi(vi) -> None:
     """Values of the `vi:` section (checked whatever the method, so a sweep fails up front)."""
     from bnn_bench.inference.vi import ALGORITHM_FAMILIES
-    from bnn_bench.inference.vi.family import FAMILIES
+    from bnn_bench.inference.vi.family import FAMILIES, PROX_SCHEDULES
 
     _allowed("vi.algorithm", vi.algorithm, tuple(ALGORITHM_FAMILIES))
     _allowed("vi.family", vi.family, FAMILIES)
@@ -362,8 +379,15 @@ def validate_vi(vi) -> None:
     _check("vi.num_samples", vi.num_samples, vi.num_samples >= least, f"an integer >= {least}")
     _check("vi.prox_weight", vi.prox_weight, vi.prox_weight > 0, "> 0")
     _check("vi.prox_growth", vi.prox_growth, vi.prox_growth >= 0, ">= 0")
+    _allowed("vi.prox_schedule", vi.prox_schedule, PROX_SCHEDULES)
+    _check("vi.max_mean_step", vi.max_mean_step, vi.max_mean_step > 0, "> 0")
+    _check("vi.max_var_ratio", vi.max_var_ratio, vi.max_var_ratio > 1, "> 1")
     _check("vi.inner_steps", vi.inner_steps, vi.inner_steps >= 1, "an integer >= 1")
+    _check("vi.inner_tol", vi.inner_tol, vi.inner_tol > 0, "> 0")
     _check("vi.learning_rate", vi.learning_rate, vi.learning_rate > 0, "> 0")
+    se = vi.snapshot_every
+    _check("vi.snapshot_every", se, se >= 0, "an integer >= 0 (0: no control variate)")
+    _check("vi.bam_lambda0", vi.bam_lambda0, vi.bam_lambda0 > 0, "> 0")
     n = vi.num_predictive_samples
     _check("vi.num_predictive_samples", n, n >= 1, "an integer >= 1")
     _check("vi.init_std", vi.init_std, vi.init_std > 0, "> 0")

@@ -179,6 +179,14 @@ def _mean_std(values: list[float]) -> tuple[float, float, int]:
 
 
 METRICS = ("accuracy", "rmse", "nll", "ece", "runtime_s", "example_grads", "neg_elbo")  # last: VI
+VI_PARTS = ("expected_log_lik", "kl_prior")  # neg_elbo's two parts (--per-seed rows)
+COLLAPSE_MARGIN = 0.02  # a seed within 2 accuracy points of chance (1 / num_classes) collapsed
+
+
+def collapsed(results: dict[str, Any]) -> bool:
+    """Whether a classification job ended at chance: accuracy <= 1/K + COLLAPSE_MARGIN."""
+    k, acc = results.get("num_classes"), results.get("accuracy")
+    return bool(k) and _number(acc) and acc <= 1.0 / k + COLLAPSE_MARGIN
 
 
 def summarise(jobs: list[Job]) -> list[Row]:
@@ -248,6 +256,8 @@ FORMATS = {
     "runtime_s": "{:.1f}",
     "example_grads": "{:.3g}",
     "neg_elbo": "{:.0f}",
+    "expected_log_lik": "{:.0f}",
+    "kl_prior": "{:.0f}",
     "speedup": "{:.2f}",
 }
 HEADERS = {
@@ -258,6 +268,8 @@ HEADERS = {
     "runtime_s": "runtime (s)",
     "example_grads": "example grads",
     "neg_elbo": "neg ELBO",
+    "expected_log_lik": "E log-lik",
+    "kl_prior": "KL(q || prior)",
     "speedup": "speed-up vs full",
 }
 
@@ -282,7 +294,9 @@ def _table_cells(rows: list[Row], pm: str) -> tuple[list[str], list[list[str]]]:
     body = []
     for row in rows:
         cells = [row.experiment, row.method, row.variant or "-", row.proposal or "-"]
-        cells += [str(len(row.jobs)), str(len(row.not_finished))]
+        n_collapsed = sum(collapsed(j.results) for j in row.jobs)
+        seeds = f"{len(row.jobs)} ({n_collapsed} collapsed)" if n_collapsed else str(len(row.jobs))
+        cells += [seeds, str(len(row.not_finished))]
         for c in columns:
             stat = row.speedup if c == "speedup" else row.stats.get(c)
             cells.append(_cell(stat, c, pm))
@@ -299,7 +313,25 @@ def _job_label(job: Job) -> str:
     return "/".join(p for p in (method, variant, proposal) if p)
 
 
-def markdown(rows: list[Row], jobs: list[Job], sweep_dir: Path) -> str:
+def per_seed(rows: list[Row]) -> list[str]:
+    """Markdown lines: one row per finished job (seed) of every row, collapsed seeds marked."""
+    keys = [k for k in (*METRICS, *VI_PARTS) if any(k in j.results for r in rows for j in r.jobs)]
+    lines = ["## Per seed", "", f"collapsed: accuracy within {COLLAPSE_MARGIN:.0%} of chance.", ""]
+    lines.append("| row | seed | collapsed | " + " | ".join(HEADERS.get(k, k) for k in keys) + " |")
+    lines.append("| " + " | ".join("---" for _ in range(3 + len(keys))) + " |")
+    for row in rows:
+        label = row.label if row.experiment == "-" else f"{row.experiment}/{row.label}"
+        for job in sorted(row.jobs, key=lambda j: str(j.results.get("seed"))):
+            r = job.results
+            cells = [label, str(r.get("seed", "-")), "yes" if collapsed(r) else ""]
+            cells += [
+                FORMATS.get(k, "{:.4g}").format(r[k]) if _number(r.get(k)) else "-" for k in keys
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def markdown(rows: list[Row], jobs: list[Job], sweep_dir: Path, seeds: bool = False) -> str:
     header, body = _table_cells(rows, " ± ")
     lines = [
         f"# Results of {sweep_dir}",
@@ -312,6 +344,7 @@ def markdown(rows: list[Row], jobs: list[Job], sweep_dir: Path) -> str:
         "| " + " | ".join("---" for _ in header) + " |",
         *("| " + " | ".join(cells) + " |" for cells in body),
         "",
+        *(per_seed(rows) if seeds else []),
     ]
     failed = _not_finished(jobs)
     lines += [f"## Jobs that did not finish ({len(failed)})", ""]
@@ -438,9 +471,9 @@ def sweep_plots(rows: list[Row], out_dir: Path, sweep_dir: Path | None = None) -
     return written
 
 
-def report(sweep_dir: Path, out_dir: Path | None = None) -> dict[str, Any]:
+def report(sweep_dir: Path, out_dir: Path | None = None, seeds: bool = False) -> dict[str, Any]:
     """Write table.md, table.tex and the sweep plots into `out_dir` (default: `sweep_dir`);
-    return what was written. ReportError (one line) for a bad or unwritable directory."""
+    `seeds` adds a row per seed. ReportError (one line) for a bad or unwritable directory."""
     sweep_dir = Path(sweep_dir)
     out_dir = sweep_dir if out_dir is None else Path(out_dir)
     if not sweep_dir.is_dir():
@@ -456,7 +489,8 @@ def report(sweep_dir: Path, out_dir: Path | None = None) -> dict[str, Any]:
     check_writable(out_dir, "--out" if out_dir != sweep_dir else "SWEEP_DIR")
     rows = summarise(jobs)
     try:
-        atomic_write_bytes(out_dir / "table.md", markdown(rows, jobs, sweep_dir).encode())
+        text = markdown(rows, jobs, sweep_dir, seeds)
+        atomic_write_bytes(out_dir / "table.md", text.encode())
         atomic_write_bytes(out_dir / "table.tex", latex(rows, jobs).encode())
         plots_written = sweep_plots(rows, out_dir, sweep_dir)
         files = [out_dir / "table.md", out_dir / "table.tex", *plots_written]
@@ -493,13 +527,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out", metavar="DIR", type=Path, default=None, help="write here (default: SWEEP_DIR)"
     )
+    parser.add_argument(
+        "--per-seed",
+        action="store_true",
+        help="also a row per seed (with neg_elbo's parts; collapsed seeds marked)",
+    )
     args = parser.parse_args(argv)
     try:
-        out = report(args.sweep_dir, args.out)
+        out = report(args.sweep_dir, args.out, args.per_seed)
     except ReportError as exc:
         print(f"bnn-bench-report: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    print(markdown(out["rows"], out["jobs"], args.sweep_dir), end="")
+    print(markdown(out["rows"], out["jobs"], args.sweep_dir, args.per_seed), end="")
     for path in out["files"]:
         print(f"[bnn-bench-report] wrote {path}", file=sys.stderr)
     if out["not_finished"]:

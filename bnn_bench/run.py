@@ -66,7 +66,10 @@ def _run_job(cfg: DictConfig, hc) -> dict[str, Any]:
         "seed": cfg.seed,
         "n_train": data.n_train,
         "n_test": int(len(data.y_test)),
+        # the metrics' split: "val" when dataset.val_fraction holds training rows out for tuning
+        "eval_split": "val" if cfg.dataset.val_fraction else "test",
         "n_params": posterior.dim,
+        "num_classes": data.num_classes,  # 0 for regression (the report's chance level)
         **({"cores": cores} if cores else {}),
         **hardware.process_fields(cfg.hardware),
     }
@@ -136,7 +139,13 @@ def output_dir(out: Path) -> Path:
     return out
 
 
-if __name__ == "__main__":
-    from bnn_bench.cli import main
+def main(argv: list[str] | None = None) -> None:
+    """The console entry of installs made before it moved to bnn_bench.cli (their bnn-bench
+    script still names bnn_bench.run:main)."""
+    from bnn_bench.cli import main as cli_main
 
+    cli_main(argv)
+
+
+if __name__ == "__main__":
     main()

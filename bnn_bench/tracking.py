@@ -168,25 +168,41 @@ class Progress:
         self.t0 = time.perf_counter()
         self._next_pct = 5
 
-    def update(self, it: int, batch_size: int, ess: float, label: str = "ess") -> None:
+    def update(
+        self,
+        it: int,
+        batch_size: int,
+        ess: float,
+        label: str = "ess",
+        extra: str = "",
+        fraction: float | None = None,
+    ) -> None:
+        """`fraction`: the share of the run done, where iterations do not say it (the exact SMC
+        sampler's bridge steps); then the bar shows iterations without a total."""
         if not self.enabled:
             return
         elapsed = time.perf_counter() - self.t0
-        done = it - self.start
-        eta = elapsed / done * (self.total - it) if done > 0 else float("nan")
-        pct = 100 * it / self.total
+        if fraction is None:
+            done = (it - self.start) / self.total
+            frac, counter = it / self.total, f"{it}/{self.total}"
+        else:
+            done = frac = fraction
+            counter = str(it)
+        eta = elapsed / done * (1 - frac) if done > 0 else float("nan")
+        pct = 100 * frac
         text = (
-            f"iter {it}/{self.total} | batch {batch_size} | {label} {ess:.1f} | "
+            f"iter {counter} | batch {batch_size} | {label} {ess:.1f} | "
+            f"{extra + ' | ' if extra else ''}"
             f"{_fmt_time(elapsed)} elapsed, eta {_fmt_time(eta)}"
         )
         if self.tty:
-            filled = int(24 * it / self.total)
+            filled = int(24 * frac)
             bar = "#" * filled + "-" * (24 - filled)
             self.stream.write(f"\r[{bar}] {pct:5.1f}% {text}")
-            if it >= self.total:
+            if frac >= 1:
                 self.stream.write("\n")
             self.stream.flush()
-        elif pct >= self._next_pct or it >= self.total:
+        elif pct >= self._next_pct or frac >= 1:
             self.stream.write(f"[bnn-bench] {pct:5.1f}% {text}\n")
             self.stream.flush()
             while self._next_pct <= pct:
@@ -335,7 +351,19 @@ class Reporter:
     def record(self, record: dict[str, Any]) -> None:
         self.metrics.write(record)
         self.wandb.log(record, step=record["iter"])
-        if self.progress_key in record:
+        if "lambda" in record:  # the exact SMC sampler: the path's progress, acceptance, h
+            extra = (
+                f"lambda {record['lambda']:.3g} | accept {record['accept_mean']:.2f} | "
+                f"h {record['step_size']:.3g}"
+            )
+            self.progress.update(
+                record["iter"],
+                record["batch_size"],
+                record["ess"],
+                extra=extra,
+                fraction=record["progress"],
+            )
+        elif self.progress_key in record:
             self.progress.update(
                 record["iter"],
                 record.get("batch_size", 0),

@@ -89,10 +89,16 @@ def load_dataset(
     n_train: int | None = None,
     n_test: int | None = None,
     test_fraction: float = 0.2,
+    val_fraction: float = 0.0,
     seed: int = 0,
     **options: Any,
 ) -> Dataset:
-    """Load dataset `name` in `layout` ("flat": (n, d); "image": (n, H, W, C))."""
+    """Load dataset `name` in `layout` ("flat": (n, d); "image": (n, H, W, C)).
+
+    With `val_fraction` > 0 a fixed (SPLIT_SEED) fraction of the training rows is held out and
+    returned in place of the test set, for tuning without touching the test labels (the inputs
+    were standardised with the statistics of the training rows before the hold-out; no labels
+    are involved in that)."""
     if name not in DATASETS:
         raise ConfigError(f"dataset={name} is not a dataset; choose one of: {', '.join(DATASETS)}")
     if layout not in LAYOUTS:
@@ -125,7 +131,19 @@ def load_dataset(
         )
     if name != "synthetic_regression":  # there n_train/n_test are the generated sizes
         data = _subset(data, n_train, n_test)
+    if val_fraction:
+        data = _hold_out(data, val_fraction)
     return _layout(data, layout)
+
+
+def _hold_out(d: Dataset, val_fraction: float) -> Dataset:
+    """Training rows split into training and validation (returned as the test set)."""
+    if not 0 < val_fraction < 1:
+        raise ConfigError(
+            f"dataset.val_fraction={val_fraction} is not allowed; it must be in [0, 1)"
+        )
+    xtr, ytr, xva, yva = _split(d.x_train, d.y_train, val_fraction, f"dataset={d.name}")
+    return Dataset(d.name, xtr, ytr, xva, yva, d.task, d.num_classes)
 
 
 # --- argument checks -----------------------------------------------------------------------------

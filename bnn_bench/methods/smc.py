@@ -1,4 +1,8 @@
-"""method=smc: SMC over network weights with data-annealing schedules (inference/smc/)."""
+"""method=smc: SMC over network weights with data-annealing schedules (inference/smc/).
+
+smc.path=minibatch is the paper's formulation (below); nested and tempered, the exact sampler,
+run in methods/smc_exact.py.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,10 @@ def run(job: Job) -> dict[str, Any]:
     from bnn_bench.tracking import write_posterior
 
     cfg, smc, n = job.cfg, job.cfg.smc, job.data.n_train
+    if smc.path != "minibatch":  # the exact sampler: nested | tempered
+        from bnn_bench.methods import smc_exact
+
+        return smc_exact.run(job)
     plan = build.schedule_plan(cfg, n)
     config = build.smc_config(cfg)
     statistics = sampler.reads_statistics(plan, config.proposal)
@@ -140,6 +148,10 @@ def check_data(cfg: DictConfig, data) -> None:
 def report_row(results: dict[str, Any]) -> tuple[str, str]:
     """(schedule, proposal); an adapted step size or a diagonal mass is its own row."""
     proposal = str(results.get("proposal"))
+    path = results.get("path", "minibatch")
+    if path != "minibatch":  # the exact sampler: its own rows, never mixed with the paper's
+        variant = "tempered" if path == "tempered" else f"nested-{results.get('schedule')}"
+        return variant, proposal + "+mh"
     if results.get("adapt_step_size"):  # a tuned move is its own row, not mixed with fixed h
         proposal += "+adapt"
     if results.get("mass") == "diag":
@@ -160,6 +172,10 @@ METHOD = Method(
     progress_key="ess",
     check_data=check_data,
     row=report_row,
-    variant_order=("full", "constant", "ctr", "linear", "automated", "sda", "ctr_adaptive"),
+    variant_order=(
+        *("full", "constant", "ctr", "linear", "automated", "sda", "ctr_adaptive"),
+        *("tempered", "nested-full", "nested-constant", "nested-ctr", "nested-linear"),
+        "nested-automated",
+    ),
     baselines=speedup_baselines,
 )

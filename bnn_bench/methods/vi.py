@@ -73,7 +73,8 @@ def run(job: Job) -> dict[str, Any]:
     last = history[-1]["iter"] if history else 0
     divergence = (
         f"diverged: the {vi.algorithm} update was not finite {loop.MAX_REJECTED} times in a row "
-        "by iteration {iteration}; try a larger vi.prox_weight or a smaller vi.learning_rate"
+        "by iteration {iteration}; try a larger vi.prox_weight, a smaller vi.max_mean_step or "
+        "a smaller vi.learning_rate"
     )
     raise_if_stopped(status, last, job.out_dir, divergence)
     results = test_metrics(state.q, reliability=True)
@@ -89,7 +90,11 @@ def run(job: Job) -> dict[str, Any]:
         batch_size=config.batch_size,
         iterations=len(history),
         example_grads=history[-1]["example_grads"] if history else 0,
-        neg_elbo=float(np.mean([r["neg_elbo"] for r in tail])),
+        # neg_elbo = kl_prior - expected_log_lik, each averaged over the last 10%
+        **{
+            k: float(np.mean([r[k] for r in tail]))
+            for k in ("neg_elbo", "expected_log_lik", "kl_prior")
+        },
         score_loss=float(np.mean([r["score_loss"] for r in tail])),
         n_rejected=sum(int(r["rejected"]) for r in history),
         devices=len(jax.tree.leaves(state.q)[0].sharding.device_set),  # VI does not split q

@@ -132,13 +132,17 @@ def adapt(
     # the step size from the rule above rather than blackjax's dual averaging, whose first
     # iterates probe 10 h: harmless with accept/reject, but without it such a step degenerates
     # every particle's weight.
+    # A divergent particle's end point and momentum may be non-finite: its end point becomes its
+    # start (weight 0 in blackjax's proposal mean) and its momentum 0 (masked out of the
+    # gradient). Its start position stays as it is: blackjax centres every start on the mean of
+    # all of them, and a start set to 0 would pull that mean and bias every particle's term of
+    # the trajectory-length gradient.
     _, update = _chees_base(proposal)
-    safe = lambda a: jnp.where(finite[:, None], a, 0.0)
     chees = update(
         tuning.chees,
-        safe(positions),
-        safe(momenta),
-        safe(initial_positions),
+        jnp.where(finite[:, None], positions, initial_positions),
+        jnp.where(finite[:, None], momenta, 0.0),
+        initial_positions,
         jnp.maximum(accept, 1e-20),
         ~finite,
         inverse_mass,

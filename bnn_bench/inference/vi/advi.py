@@ -66,7 +66,7 @@ def step(
     """One Adam step on the STL estimate of the negative ELBO from S streamed samples."""
     q = state.q
     key_batch, key_samples = jax.random.split(rng_key)
-    vg = fam.minibatch_value_and_grad(log_target, key_batch, x, y, config.batch_size)
+    vg = fam.minibatch_value_and_grad(log_target, key_batch, x, y, config)
     zero = jax.tree.map(jnp.zeros_like, q)
     m, g_sum = fam.stream(
         key_samples,

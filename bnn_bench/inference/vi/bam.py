@@ -7,8 +7,8 @@ variances C of z and Gamma of g, all 1/S), the diagonal update per coordinate is
     V = v_t + lambda C + lambda / (1 + lambda) (m_t - zbar)^2,
     v = 2 V / (1 + sqrt(1 + 4 U V)),
     mu = m_t / (1 + lambda) + lambda / (1 + lambda) (v gbar + zbar).
-The learning-rate schedule is the proximal schedule shared with score_prox:
-lambda_t = 1 / rho_t, rho_t = prox_weight + prox_growth * t (a decaying step when it grows).
+The learning-rate schedule is the reference implementation's (Cai et al.'s code):
+lambda_t = lambda_0 / (1 + t), lambda_0 = `bam_lambda0`, t = 0, 1, ...
 """
 
 from __future__ import annotations
@@ -47,6 +47,11 @@ def diag_update(q: Gaussian, m: fam.Moments, num_samples: int, lam) -> Gaussian:
     return Gaussian(mean, 0.5 * jnp.log(v), q.factor)
 
 
+def learning_rate(config: VIConfig, t: jax.Array) -> jax.Array:
+    """BaM's lambda_t = lambda_0 / (1 + t)."""
+    return config.bam_lambda0 / (1.0 + t)
+
+
 @partial(jax.jit, static_argnames=("log_target", "config"))
 def step(
     rng_key: jax.Array,
@@ -59,6 +64,6 @@ def step(
 ) -> tuple[BaMState, VIInfo]:
     """One BaM iteration on S streamed samples and their minibatch scores."""
     m = fam.moments_stream(rng_key, state.q, x, y, log_target=log_target, config=config)
-    lam = 1.0 / fam.prox_rho(config, state.t)
+    lam = learning_rate(config, state.t)
     new_q, rejected = fam.keep_finite(diag_update(state.q, m, config.num_samples, lam), state.q)
     return BaMState(new_q, state.t + 1), fam.info_from(m, config.num_samples, rejected)

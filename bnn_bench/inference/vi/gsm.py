@@ -50,7 +50,7 @@ def step(
     """One GSM iteration: average the per-sample projections of S streamed samples."""
     q = state.q
     key_batch, key_samples = jax.random.split(rng_key)
-    vg = fam.minibatch_value_and_grad(log_target, key_batch, x, y, config.batch_size)
+    vg = fam.minibatch_value_and_grad(log_target, key_batch, x, y, config)
 
     def accumulate(acc, theta, eps, value, grad):
         m, sum_mu, sum_v = acc

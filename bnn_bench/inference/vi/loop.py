@@ -12,7 +12,7 @@ from types import ModuleType
 import jax
 
 from bnn_bench.inference import driver
-from bnn_bench.inference.vi.family import VIConfig
+from bnn_bench.inference.vi.family import VIConfig, example_grads_per_step
 
 MAX_REJECTED = 10  # non-finite updates in a row that end a run as diverged
 
@@ -41,9 +41,9 @@ def run(
     `driver.run` ("diverged": the update was non-finite and rejected `max_rejected` times in a
     row).
 
-    Records: iter, batch_size, neg_elbo, score_loss, rejected, rejected_run, time_s,
-    example_grads. Step k's randomness is fold_in(rng_key, k): a run resumed with `start`, the
-    state there and the counters continues exactly.
+    Records: iter, batch_size, neg_elbo, expected_log_lik, kl_prior, score_loss, rejected,
+    rejected_run, time_s, example_grads. Step k's randomness is fold_in(rng_key, k): a run
+    resumed with `start`, the state there and the counters continues exactly.
     """
     batch = min(config.batch_size, x.shape[0])
     counters = {"iteration": start, "example_grads": example_grads, "rejected_run": rejected_run}
@@ -57,7 +57,7 @@ def run(
         first = counters["iteration"] - len(infos) + 1
         records = []
         for it, inf in enumerate(infos, start=first):
-            counters["example_grads"] += config.num_samples * batch
+            counters["example_grads"] += example_grads_per_step(config, x.shape[0], it)
             rejected = bool(inf.rejected)
             counters["rejected_run"] = counters["rejected_run"] + 1 if rejected else 0
             records.append(
@@ -65,6 +65,8 @@ def run(
                     "iter": it,
                     "batch_size": batch,
                     "neg_elbo": float(inf.neg_elbo),
+                    "expected_log_lik": float(inf.expected_log_lik),
+                    "kl_prior": float(inf.kl_prior),
                     "score_loss": float(inf.score_loss),
                     "rejected": rejected,
                     "time_s": elapsed_s,

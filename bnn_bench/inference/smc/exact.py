@@ -1,0 +1,514 @@
+"""The exact SMC sampler (algorithms.md, "The exact sampler"; Del Moral, Doucet & Jasra 2006).
+
+A sequence of targets from the prior to the posterior. Each target is
+    log gamma(theta) = log p(theta) + sum_{i < m_from} l_i + lam * sum_{m_from <= i < m_to} l_i
+over the rows of the training set in a fixed order (a seeded permutation, applied by the caller):
+rows [0, m_from) are in the target fully, rows [m_from, m_to) tempered by lam in (0, 1]. No N/|B|
+scaling: every target is the (partly tempered) posterior of a prefix of the data.
+
+One iteration (`step`):
+1. Choose the next target. When the current one is complete (lam = 1), the next subset size
+   comes from the path: `tempered` adds all N rows at once (likelihood tempering), `nested` takes
+   the next entry of a fixed schedule, or (schedule "automated") the largest subset, up to
+   `growth` times the current one, whose reweight keeps the conditional ESS (Zhou, Johansen &
+   Aston 2016) >= threshold * J. Where adding the new rows in one go would drop it below that,
+   lam is set by bisection (blackjax's dichotomy) so that it is the threshold; later iterations
+   carry on tempering the same rows until lam = 1 exactly ("bridge steps").
+2. Reweight: log w += (lam_new - lam_old) * sum_{added rows} l_i(theta); the running log-evidence
+   log Z_hat += logsumexp(log W + increment) with W the normalised previous weights.
+3. Resample (blackjax.smc.resampling) when ESS < threshold * J, and always after a step whose
+   increment was cut to the threshold (else the next bisection would start at the threshold).
+4. Move: `num_mcmc_steps` Metropolis-adjusted HMC steps on the new target (moves.mh_moves).
+5. The step size for the next iteration from this iteration's mean acceptance; the next
+   iteration also scales it by how much the cloud's spread shrank since this move.
+
+The data come in padded to a static `bucket` of rows (a prefix of the permuted training set): a
+run compiles one step per bucket it uses. A step that would need more rows than its bucket is a
+no-op (`info.active` False); the driver `run` never dispatches one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from blackjax.smc import ess as bj_ess
+from blackjax.smc import solver as bj_solver
+from jax.scipy.special import logsumexp
+
+from bnn_bench.inference.smc import moves
+from bnn_bench.inference.smc.proposals import diagonal_inverse_mass
+from bnn_bench.inference.smc.sampler import RESAMPLERS
+
+PATHS = ("nested", "tempered")
+
+
+class PathPlan(NamedTuple):
+    """Static description of the sequence of targets (hashable: part of the jit cache key).
+
+    `sizes`: M_1..M_K for a fixed schedule under `nested` (non-decreasing); empty for
+    `automated` and `tempered`. `max_iterations` caps the iterations (bridge steps included).
+    """
+
+    path: str  # nested | tempered
+    num_data: int  # N
+    max_iterations: int
+    sizes: tuple[int, ...] = ()
+    automated: bool = False
+    growth: float = 2.0  # automated: the largest subset growth per iteration
+    first_size: int = 0  # automated: M_1 (C)
+
+
+class ExactConfig(NamedTuple):
+    """Static settings of the exact sampler."""
+
+    move: moves.MoveSettings
+    resample_threshold: float
+    resampler: str
+    particle_map: str = "vmap"
+    particle_chunk: int | None = None
+
+
+class ExactState(NamedTuple):
+    """The weighted cloud and where it is on the path (all device arrays; a pytree)."""
+
+    particles: jax.Array  # (J, D)
+    log_weights: jax.Array  # (J,) unnormalised
+    log_evidence: jax.Array  # log Z_hat of the current target
+    m_from: jax.Array  # int32: rows fully in the target
+    m_to: jax.Array  # int32: rows in the target (those from m_from on tempered by lam)
+    lam: jax.Array  # float32: tempering of rows [m_from, m_to); 1 = the target is complete
+    entry: jax.Array  # int32: fixed-schedule entries consumed
+    iteration: jax.Array  # int32: iterations done (bridge steps included)
+    step_size: jax.Array  # float32: h of the next move, at the cloud's spread `spread`
+    spread: jax.Array  # float32: sqrt(mean weighted variance) of the cloud the last move saw
+    done: jax.Array  # bool: the path has ended (or max_iterations reached)
+
+
+class ExactInfo(NamedTuple):
+    """What one iteration did (device scalars)."""
+
+    active: jax.Array
+    iteration: jax.Array
+    ess: jax.Array  # after reweighting, before resampling
+    resampled: jax.Array
+    accept: jax.Array  # mean MH acceptance of the moves
+    divergent: jax.Array
+    step_size: jax.Array  # h used by the moves
+    lam: jax.Array  # tempering of the added rows after this iteration
+    m_from: jax.Array
+    m_to: jax.Array
+    bridged: jax.Array  # lam was cut by the ESS bisection
+    log_evidence: jax.Array
+    forward_rows: jax.Array  # rows of the reweighting forward pass, per particle
+    move_rows: jax.Array  # rows of every move gradient, per particle
+    progress: jax.Array  # fraction of the path done: schedule entries, or rows (lam-weighted)
+
+
+def init(
+    rng_key: jax.Array, prior_std: jax.Array, num_particles: int, step_size: float
+) -> ExactState:
+    """Prior draws N(0, diag(prior_std^2)) with equal weights; no data in the target yet."""
+    particles = jax.random.normal(rng_key, (num_particles, prior_std.size)) * prior_std
+    zero = jnp.asarray(0, jnp.int32)
+    return ExactState(
+        particles=particles,
+        log_weights=jnp.zeros(num_particles, particles.dtype),
+        log_evidence=jnp.asarray(0.0, jnp.float32),
+        m_from=zero,
+        m_to=zero,
+        lam=jnp.asarray(1.0, jnp.float32),
+        entry=zero,
+        iteration=zero,
+        step_size=jnp.asarray(step_size, jnp.float32),
+        spread=cloud_spread(particles, jnp.zeros(num_particles, particles.dtype)),
+        done=jnp.asarray(False),
+    )
+
+
+def cloud_spread(particles: jax.Array, log_weights: jax.Array) -> jax.Array:
+    """sqrt of the mean over coordinates of the weighted particle variance."""
+    w = jax.nn.softmax(log_weights)
+    mean = w @ particles
+    return jnp.sqrt(jnp.mean(w @ (particles - mean) ** 2)).astype(jnp.float32)
+
+
+def grow(m, growth: float, n: int):
+    """min(N, ceil(growth * m)), at least m + 1 (works on ints and int32 arrays)."""
+    if isinstance(m, int | np.integer):
+        return min(n, max(int(m) + 1, math.ceil(growth * int(m) - 1e-9)))
+    grown = jnp.ceil(growth * m.astype(jnp.float32) - 1e-4).astype(jnp.int32)
+    return jnp.minimum(n, jnp.maximum(m + 1, grown))
+
+
+def row_weights(num_rows: int, m_from, m_to, lam):
+    """Per-row weight of the target: 1 below m_from, lam on [m_from, m_to), 0 from m_to on."""
+    rows = jnp.arange(num_rows)
+    return jnp.where(rows < m_from, 1.0, jnp.where(rows < m_to, lam, 0.0))
+
+
+def weighted_log_likelihood(log_likelihood: Callable, theta, x, y, weights):
+    """sum_i weights_i * log p(y_i | x_i, theta); rows of weight 0 add exactly nothing."""
+    ll = log_likelihood(theta, x, y)
+    return jnp.sum(jnp.where(weights > 0, weights * ll, 0.0))
+
+
+def log_conditional_ess(log_weights, increments):
+    """log CESS of reweighting the cloud by `increments` (Zhou, Johansen & Aston 2016):
+    CESS = J (sum_j W_j w_j)^2 / sum_j W_j w_j^2 with W the normalised current weights and
+    w_j = exp(increment_j); it equals blackjax's ESS of the increments when the weights are equal.
+    Along the last axis of `increments` (broadcast against log_weights on axis 0)."""
+    lw = jax.nn.log_softmax(log_weights)
+    lw = jnp.reshape(lw, lw.shape + (1,) * (jnp.ndim(increments) - 1))
+    a = jnp.where(jnp.isnan(lw + increments), -jnp.inf, lw + increments)
+    b = jnp.where(jnp.isnan(lw + 2 * increments), -jnp.inf, lw + 2 * increments)
+    num = log_weights.shape[0]
+    return jnp.log(num) + 2 * logsumexp(a, axis=0) - logsumexp(b, axis=0)
+
+
+def solve_increment(log_weights, added, max_delta, target_ess):
+    """The tempering increment delta in (0, max_delta] whose reweight by delta * added has a
+    conditional ESS of target_ess particles, or max_delta if that keeps it >= target_ess.
+
+    blackjax.smc.solver.dichotomy on the conditional ESS (which is blackjax's ess_solver's ESS
+    when the current weights are equal: right after resampling). Returns (delta, cut): `cut` when
+    the bisection set delta below max_delta.
+    """
+    added = jnp.where(jnp.isfinite(added), added, -jnp.inf)
+    target = jnp.log(target_ess)
+
+    def fun(delta):
+        return log_conditional_ess(log_weights, delta * added) - target
+
+    delta = bj_solver.dichotomy(fun, 0.0, max_delta)
+    # NaN: no delta > 0 keeps the target (only by rounding); take a small step.
+    delta = jnp.where(jnp.isnan(delta), 1e-3 * max_delta, delta)
+    delta = jnp.clip(delta, 1e-6 * max_delta, max_delta)
+    cut = delta < max_delta
+    return delta, cut
+
+
+def _candidates(ll_rows, log_weights, m_base, cap, target_ess):
+    """automated: the largest m' in (m_base, cap] whose reweight keeps the conditional ESS
+    >= target_ess.
+
+    ll_rows (J, rows) per-row log-likelihoods; returns (m', found). The increments of all
+    candidates come from one cumulative sum over the rows.
+    """
+    rows = jnp.arange(ll_rows.shape[1])
+    added = jnp.cumsum(jnp.where(rows >= m_base, ll_rows, 0.0), axis=1)  # (J, rows): m' = r + 1
+    log_ess = log_conditional_ess(log_weights, added)
+    size = rows + 1
+    ok = (size > m_base) & (size <= cap) & (log_ess >= jnp.log(target_ess))
+    best = jnp.max(jnp.where(ok, size, 0))
+    return jnp.where(best > 0, best, cap), best > 0
+
+
+@partial(jax.jit, static_argnames=("log_prior", "log_likelihood", "plan", "config", "bucket"))
+def step(
+    rng_key: jax.Array,
+    state: ExactState,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    log_prior: Callable,
+    log_likelihood: Callable,
+    plan: PathPlan,
+    config: ExactConfig,
+    bucket: int,
+) -> tuple[ExactState, ExactInfo]:
+    """One iteration on the first `bucket` rows of the permuted training set (x, y: all N rows).
+
+    The iteration's key is fold_in(rng_key, k) with k = state.iteration + 1, so a run's result
+    does not depend on how the host groups its dispatches.
+    """
+    num_particles = state.particles.shape[0]
+    n = plan.num_data
+    threshold = config.resample_threshold * num_particles
+    xb, yb = x[:bucket], y[:bucket]
+    k = state.iteration + 1
+    key_move, key_resample = jax.random.split(jax.random.fold_in(rng_key, k))
+
+    # 1. the next target
+    complete = state.lam >= 1.0
+    m_base = jnp.where(complete, state.m_to, state.m_from)
+    lam_old = jnp.where(complete, 0.0, state.lam)
+    if plan.path == "tempered":
+        m_next = jnp.asarray(n, jnp.int32)
+        cap = m_next
+    elif plan.automated:
+        first = jnp.asarray(min(plan.first_size, n), jnp.int32)
+        cap = jnp.where(m_base == 0, first, grow(m_base, plan.growth, n))
+        m_next = cap
+    else:
+        sizes = jnp.asarray(plan.sizes, jnp.int32)
+        m_next = sizes[jnp.minimum(state.entry, len(plan.sizes) - 1)]
+        cap = m_next
+    m_to = jnp.where(complete, jnp.maximum(m_next, m_base), state.m_to)
+    needed = jnp.where(complete, cap, m_to)
+    active = (needed <= bucket) & ~state.done
+    adding = active & (m_to > m_base)
+
+    # 2. reweight by the added rows' log-likelihood (one forward pass, only when rows are added)
+    def forward(_):
+        return jax.vmap(lambda th: log_likelihood(th, xb, yb))(state.particles)
+
+    ll_rows = jax.lax.cond(
+        adding, forward, lambda _: jnp.zeros((num_particles, bucket), jnp.float32), None
+    )
+    if plan.automated:
+        chosen, found = _candidates(ll_rows, state.log_weights, m_base, cap, threshold)
+        m_to = jnp.where(complete & (m_base < n), chosen, m_to)
+        limited = complete & found & (chosen < cap)  # the ESS, not the growth, set m'
+    else:
+        limited = jnp.asarray(False)
+    rows = jnp.arange(bucket)
+    in_added = (rows >= m_base) & (rows < m_to)
+    added = jnp.sum(jnp.where(in_added, ll_rows, 0.0), axis=1)
+    delta, cut = solve_increment(state.log_weights, added, 1.0 - lam_old, threshold)
+    delta = jnp.where(adding, delta, 0.0)
+    cut = adding & cut
+    lam_new = jnp.where(cut, lam_old + delta, 1.0)  # exactly 1 when the bridge is done
+    increment = jnp.where(adding, delta * added, 0.0)
+    increment = jnp.where(jnp.isnan(increment), -jnp.inf, increment)
+    prev = jax.nn.log_softmax(state.log_weights)
+    log_evidence = state.log_evidence + jnp.where(adding, logsumexp(prev + increment), 0.0)
+    log_weights = state.log_weights + increment
+    ess = jnp.exp(bj_ess.log_ess(log_weights))
+
+    # 3. resample
+    do_resample = (ess < threshold) | cut | limited
+    weights = jax.nn.softmax(log_weights)
+    idx = RESAMPLERS[config.resampler](key_resample, weights, num_particles)
+    particles = jnp.where(do_resample, state.particles[idx], state.particles)
+    log_weights = jnp.where(do_resample, jnp.zeros_like(log_weights), log_weights)
+
+    # 4. move on the new target
+    wts = row_weights(bucket, m_base, m_to, lam_new)
+
+    def logdensity(theta):
+        return log_prior(theta) + weighted_log_likelihood(log_likelihood, theta, xb, yb, wts)
+
+    inverse_mass = None
+    if config.move.mass == "diag":
+        inverse_mass = diagonal_inverse_mass(particles, log_weights)
+    # With adaptation, h follows the cloud's contraction since the last move (the targets can
+    # sharpen several-fold in one iteration) and is nudged by the last acceptance (step 5).
+    spread = cloud_spread(particles, log_weights)
+    h = state.step_size
+    if config.move.adapt_step_size:
+        ratio = spread / state.spread
+        h = jnp.where(jnp.isfinite(ratio) & (ratio > 0), h * ratio, h)
+    moved, move_info = moves.mh_moves(
+        key_move,
+        particles,
+        logdensity,
+        h,
+        config.move,
+        inverse_mass=inverse_mass,
+        particle_map=config.particle_map,
+        particle_chunk=config.particle_chunk,
+    )
+    finite = jnp.all(jnp.isfinite(moved), axis=1)
+    moved = jnp.where(finite[:, None], moved, particles)
+    mean_accept = jnp.mean(move_info.accept)
+
+    # 5. the next step size; where the path stands
+    fixed = plan.path == "nested" and not plan.automated
+    entry = state.entry + jnp.where(complete, 1, 0) if fixed else state.entry
+    if plan.path == "tempered" or plan.automated:
+        finished = (m_to >= n) & (lam_new >= 1.0)
+    else:
+        finished = (entry >= len(plan.sizes)) & (lam_new >= 1.0)
+    new_state = ExactState(
+        particles=moved,
+        log_weights=log_weights,
+        log_evidence=log_evidence,
+        m_from=m_base,
+        m_to=m_to,
+        lam=lam_new,
+        entry=entry,
+        iteration=k,
+        step_size=moves.next_step_size(h, mean_accept, config.move),
+        spread=jnp.where(spread > 0, spread, state.spread),
+        done=finished | (k >= plan.max_iterations),
+    )
+    new_state = jax.tree.map(lambda a, b: jnp.where(active, a, b), new_state, state)
+    info = ExactInfo(
+        active=active,
+        iteration=k,
+        ess=ess,
+        resampled=do_resample,
+        accept=mean_accept,
+        divergent=jnp.sum(move_info.divergent),
+        step_size=h,
+        lam=lam_new,
+        m_from=m_base,
+        m_to=m_to,
+        bridged=cut,
+        log_evidence=log_evidence,
+        forward_rows=jnp.where(adding, jnp.where(plan.automated, cap, m_to), 0),
+        move_rows=m_to,
+        progress=new_state.entry / len(plan.sizes)
+        if fixed
+        else (new_state.m_from + new_state.lam * (new_state.m_to - new_state.m_from)) / n,
+    )
+    return new_state, info
+
+
+def final_target(state: ExactState, num_data: int) -> str:
+    """Which posterior the cloud targets, in words (results.json's `final_target`)."""
+    m_from, m_to, lam = int(state.m_from), int(state.m_to), float(state.lam)
+    if lam >= 1.0:
+        if m_to >= num_data:
+            return "posterior"
+        return f"posterior of the first {m_to} of {num_data} rows"
+    return f"posterior of {m_from} rows with rows {m_from}-{m_to} tempered by {lam:.4g}"
+
+
+def path_finished(state: ExactState, plan: PathPlan) -> bool:
+    """Whether the cloud reached the path's last target (rather than the iteration cap)."""
+    if float(state.lam) < 1.0:
+        return False
+    if plan.path == "tempered" or plan.automated:
+        return int(state.m_to) >= plan.num_data
+    return int(state.entry) >= len(plan.sizes)
+
+
+def buckets(num_data: int, first: int) -> tuple[int, ...]:
+    """Row buckets: C, 2C, 4C, ... below N, then N (same as the minibatch path's)."""
+    sizes, b = [], max(1, min(first, num_data))
+    while b < num_data:
+        sizes.append(b)
+        b *= 2
+    return (*sizes, num_data)
+
+
+def _bucket_for(rows: int, bucket_sizes: tuple[int, ...]) -> int:
+    for b in bucket_sizes:
+        if b >= rows:
+            return b
+    return bucket_sizes[-1]
+
+
+def rows_needed(plan: PathPlan, state_host: dict, steps: int) -> int:
+    """The most rows any of the next `steps` iterations can need, from the last synced state."""
+    n = plan.num_data
+    if plan.path == "tempered":
+        return n
+    complete = state_host["lam"] >= 1.0
+    m_base = int(state_host["m_to"] if complete else state_host["m_from"])
+    if plan.automated:
+        if not complete:
+            return int(state_host["m_to"])
+        return min(plan.first_size, n) if m_base == 0 else grow(m_base, plan.growth, n)
+    entry = state_host["entry"]
+    ahead = plan.sizes[entry : entry + steps] or plan.sizes[-1:]
+    return max(int(state_host["m_to"]), *ahead)
+
+
+def run(
+    rng_key: jax.Array,
+    state: ExactState,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    log_prior: Callable,
+    log_likelihood: Callable,
+    plan: PathPlan,
+    config: ExactConfig,
+    bucket_sizes: tuple[int, ...],
+    num_particles: int,
+    callback: Callable[[dict, ExactState | None], bool | None] | None = None,
+    sync_every: int = 10,
+    should_stop: Callable[[], bool] | None = None,
+    counts: dict | None = None,
+    elapsed: float = 0.0,
+) -> tuple[ExactState, str, dict]:
+    """Run the path to its end; returns (state, status, counts).
+
+    x, y: the whole training set in the path's (permuted) order, on the device. The host syncs
+    every `sync_every` dispatched steps (every step while an automated schedule grows: the next
+    bucket depends on the last choice) and dispatches each segment with the smallest bucket that
+    holds every row a step of it can need, so no step is a no-op. counts: iterations,
+    example_grads (J * (rows of every gradient + rows of every reweighting forward pass)),
+    n_resample, n_bridge. callback(record, state) gets one record per iteration, the state at
+    the last one; returning True stops. Status: finished | stopped | interrupted | diverged.
+    """
+    counts = dict(counts or {"iterations": 0, "example_grads": 0, "n_resample": 0, "n_bridge": 0})
+    grads = moves.gradient_evaluations(config.move)
+    t0 = time.perf_counter() - elapsed
+    host = jax.device_get(
+        {"m_from": state.m_from, "m_to": state.m_to, "lam": state.lam, "entry": state.entry}
+    )
+    if bool(state.done):
+        return state, "finished", counts
+    while True:
+        segment = 1 if plan.automated else max(1, sync_every)
+        bucket = _bucket_for(rows_needed(plan, host, segment), bucket_sizes)
+        pending = []
+        for _ in range(segment):
+            state, info = step(
+                rng_key,
+                state,
+                x,
+                y,
+                log_prior=log_prior,
+                log_likelihood=log_likelihood,
+                plan=plan,
+                config=config,
+                bucket=bucket,
+            )
+            pending.append(info)
+        infos, host, done = jax.device_get(
+            (
+                pending,
+                {
+                    "m_from": state.m_from,
+                    "m_to": state.m_to,
+                    "lam": state.lam,
+                    "entry": state.entry,
+                },
+                state.done,
+            )
+        )
+        elapsed = time.perf_counter() - t0
+        stopping = should_stop is not None and should_stop()
+        active = [inf for inf in infos if inf.active]
+        for j, inf in enumerate(active):
+            counts["iterations"] = int(inf.iteration)
+            rows = int(inf.move_rows) * grads + int(inf.forward_rows)
+            counts["example_grads"] += num_particles * rows
+            counts["n_resample"] += int(inf.resampled)
+            counts["n_bridge"] += int(inf.bridged)
+            record = {
+                "iter": int(inf.iteration),
+                "batch_size": int(inf.m_to),
+                "lambda": float(inf.lam),
+                "ess": float(inf.ess),
+                "resampled": bool(inf.resampled),
+                "accept_mean": float(inf.accept),
+                "divergent": int(inf.divergent),
+                "step_size": float(inf.step_size),
+                "log_evidence": float(inf.log_evidence),
+                "bridged": bool(inf.bridged),
+                "progress": float(inf.progress),
+                "time_s": elapsed,
+                "example_grads": counts["example_grads"],
+            }
+            last = j == len(active) - 1
+            stop = callback(record, state if last else None) if callback else None
+            if not np.isfinite(inf.ess) or inf.ess == 0.0:
+                return state, "diverged", counts
+            if stop:
+                return state, "stopped", counts
+        if bool(done):
+            return state, "finished", counts
+        if stopping:
+            return state, "interrupted", counts

@@ -1,0 +1,226 @@
+"""method=smc, smc.path = nested | tempered: the exact SMC sampler, config -> run -> results.
+
+The pure sampler is inference/smc/exact.py. This module builds its static settings from the
+config, puts the training set on the device once in the path's seeded row order, reports every
+iteration (metrics.jsonl, W&B, progress bar), checkpoints and evaluates the final cloud.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+from bnn_bench.errors import ConfigError
+
+EXACT_PATHS = ("nested", "tempered")
+SMC_PATHS = (*EXACT_PATHS, "minibatch")
+CORRECTIONS = ("mh", "none")
+NESTED_SCHEDULES = ("full", "constant", "ctr", "linear", "automated")
+# Fixed schedules under nested: K schedule entries plus the bridge steps the jumps need; the cap
+# only guards against a run that never ends.
+BRIDGE_ALLOWANCE = 10_000
+
+
+def correction(cfg: DictConfig) -> str:
+    """proposal.correction, null resolved: mh on the exact paths, none on minibatch."""
+    c = cfg.proposal.correction
+    if c is None:
+        return "none" if cfg.smc.path == "minibatch" else "mh"
+    return c
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks of smc.path, smc.num_mcmc_steps and proposal.correction (ConfigError, named key)."""
+    smc, p = cfg.smc, cfg.proposal
+    if smc.path not in SMC_PATHS:
+        raise ConfigError(
+            f"smc.path={smc.path} is not allowed; choose one of: {', '.join(SMC_PATHS)}"
+        )
+    c = correction(cfg)
+    if c not in CORRECTIONS:
+        raise ConfigError(
+            f"proposal.correction={c} is not allowed; choose one of: {', '.join(CORRECTIONS)}"
+        )
+    if smc.num_mcmc_steps < 1:
+        raise ConfigError(
+            f"smc.num_mcmc_steps={smc.num_mcmc_steps} is not allowed; it must be >= 1"
+        )
+    if smc.path == "minibatch":
+        if c != "none":
+            raise ConfigError(
+                "proposal.correction=mh is not available with smc.path=minibatch (its weights "
+                "absorb the energy error); use smc.path=nested or tempered, or correction=none"
+            )
+        return
+    if c != "mh":
+        raise ConfigError(
+            f"proposal.correction=none is not allowed with smc.path={smc.path}: the exact sampler "
+            "needs gamma_k-invariant (Metropolis-adjusted) moves; use smc.path=minibatch"
+        )
+    if p.name == "chees":
+        raise ConfigError(
+            f"proposal=chees is not available with smc.path={smc.path}; use proposal=hmc or "
+            "langevin (or smc.path=minibatch)"
+        )
+    if smc.path == "nested" and cfg.schedule.name not in NESTED_SCHEDULES:
+        raise ConfigError(
+            f"schedule={cfg.schedule.name} is not available with smc.path=nested; choose one of: "
+            f"{', '.join(NESTED_SCHEDULES)} (or smc.path=minibatch)"
+        )
+    if cfg.hardware.data_chunk is not None:
+        raise ConfigError(
+            f"hardware.data_chunk={cfg.hardware.data_chunk} is not available with "
+            f"smc.path={smc.path} yet; use hardware.data_chunk=null (or smc.path=minibatch)"
+        )
+    if cfg.hardware.devices > 1:
+        raise ConfigError(
+            f"hardware.devices={cfg.hardware.devices} is not available with smc.path={smc.path} "
+            "yet; use hardware.devices=1 (or smc.path=minibatch)"
+        )
+
+
+def path_plan(cfg: DictConfig, num_data: int):
+    """The sampler's static path plan from smc.path and the schedule."""
+    from bnn_bench.inference.smc import exact, schedules
+
+    s, k = cfg.schedule, cfg.smc.num_iterations
+    if cfg.smc.path == "tempered":
+        return exact.PathPlan("tempered", num_data, k)
+    if s.name == "automated":
+        return exact.PathPlan(
+            "nested", num_data, k, automated=True, growth=s.growth, first_size=s.batch_size
+        )
+    sizes = schedules.batch_sizes(
+        s.name,
+        num_data=num_data,
+        num_iterations=k,
+        batch_size=s.batch_size,
+        refine_at=s.refine_at,
+        slope=s.slope,
+    )
+    return exact.PathPlan(
+        "nested", num_data, k + BRIDGE_ALLOWANCE, sizes=tuple(int(m) for m in sizes)
+    )
+
+
+def exact_config(cfg: DictConfig, particle_map: str):
+    from bnn_bench.inference.smc import exact, moves
+
+    p = cfg.proposal
+    num_steps = 1 if p.name == "langevin" else p.num_steps  # langevin: MALA
+    move = moves.MoveSettings(
+        num_steps=num_steps,
+        num_mcmc_steps=cfg.smc.num_mcmc_steps,
+        adapt_step_size=p.adapt_step_size,
+        target_accept=p.target_accept,
+        adapt_rate=p.adapt_rate,
+        mass=p.mass,
+    )
+    return exact.ExactConfig(
+        move,
+        resample_threshold=cfg.smc.resample_threshold,
+        resampler=cfg.smc.resampler,
+        particle_map=particle_map,
+        particle_chunk=cfg.hardware.particle_chunk,
+    )
+
+
+def run(job) -> dict[str, Any]:
+    """The exact sampler end to end (methods/smc.py hands over smc.path=nested | tempered).
+
+    Returns the results.json fields specific to it. Checkpoints hold the whole sampler state
+    (particles, weights, log-evidence, where the path stands, step size), so a resumed run
+    continues exactly.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from bnn_bench import build
+    from bnn_bench.inference.smc import exact
+    from bnn_bench.lifecycle import raise_if_stopped
+    from bnn_bench.metrics import ess
+    from bnn_bench.tracking import write_posterior
+
+    cfg, data, posterior = job.cfg, job.data, job.posterior
+    smc, n = cfg.smc, data.n_train
+    plan = path_plan(cfg, n)
+    config = exact_config(cfg, build.particle_map(cfg))
+    # The path's row order: a fixed seeded permutation, on the device once; D_k is its prefix.
+    order = np.random.default_rng(cfg.seed).permutation(n)
+    x, y = jnp.asarray(data.x_train[order]), jnp.asarray(data.y_train[order])
+    key_init, key_run = jax.random.split(jax.random.key(cfg.seed))
+    state = exact.init(key_init, posterior.prior_std, smc.num_particles, cfg.proposal.step_size)
+    counts = None
+    elapsed = 0.0
+    if job.checkpoints.resumed is not None:
+        state, meta = job.checkpoints.read(state)
+        counts, elapsed = meta["run_counts"], meta["elapsed"]
+    last = {"checkpointed": int(state.iteration), "evaluated": int(state.iteration)}
+    tally = dict(counts or {"iterations": 0, "example_grads": 0, "n_resample": 0, "n_bridge": 0})
+    every = job.checkpoints.every
+
+    def callback(record, st):
+        k = record["iter"]
+        tally.update(iterations=k, example_grads=record["example_grads"])
+        tally["n_resample"] += int(record["resampled"])
+        tally["n_bridge"] += int(record["bridged"])
+        if st is not None and cfg.eval_every and k - last["evaluated"] >= cfg.eval_every:
+            last["evaluated"] = k
+            test = job.test_metrics(st.particles, st.log_weights, False)
+            record.update({f"test_{name}": v for name, v in test.items()})
+        job.reporter.record(record)
+        due = every > 0 and k - last["checkpointed"] >= every
+        if st is not None and (due or job.should_stop()):
+            last["checkpointed"] = k
+            job.checkpoints.write(
+                st,
+                k,
+                run_counts=dict(tally),
+                elapsed=record["time_s"],
+                wandb_id=job.reporter.run_id,
+            )
+
+    state, status, run_counts = exact.run(
+        key_run,
+        state,
+        x,
+        y,
+        log_prior=posterior.log_prior,
+        log_likelihood=posterior.log_likelihood,
+        plan=plan,
+        config=config,
+        bucket_sizes=(n,) if plan.path == "tempered" else exact.buckets(n, cfg.schedule.batch_size),
+        num_particles=smc.num_particles,
+        callback=callback,
+        sync_every=cfg.log_every,
+        should_stop=job.should_stop,
+        counts=counts,
+        elapsed=elapsed,
+    )
+    from bnn_bench.methods.smc import divergence_message
+
+    raise_if_stopped(status, run_counts["iterations"], job.out_dir, divergence_message(cfg))
+    results = job.test_metrics(state.particles, state.log_weights, True)
+    if cfg.save_posterior:
+        write_posterior(job.out_dir / "posterior.npz", state.particles, state.log_weights)
+    final = exact.final_target(state, n)
+    if not exact.path_finished(state, plan):
+        final += f" (stopped at the iteration cap, {plan.max_iterations})"
+    results.update(
+        path=smc.path,
+        schedule=None if smc.path == "tempered" else cfg.schedule.name,
+        proposal=cfg.proposal.name,
+        correction="mh",
+        num_mcmc_steps=smc.num_mcmc_steps,
+        num_particles=smc.num_particles,
+        adapt_step_size=bool(cfg.proposal.adapt_step_size),
+        mass=cfg.proposal.mass,
+        step_size=float(state.step_size),
+        log_evidence=float(state.log_evidence),
+        final_target=final,
+        ess_final=float(ess(state.log_weights)),
+        **run_counts,
+    )
+    return results

@@ -1,0 +1,72 @@
+"""The exact SMC sampler through the real CLI: smc.path, results.json and metrics.jsonl keys."""
+
+import json
+
+import pytest
+from conftest import read_jsonl
+
+TINY = [
+    "smc.num_particles=8",
+    "smc.num_iterations=4",
+    "smc.num_mcmc_steps=1",
+    "proposal.num_steps=2",
+    "proposal.step_size=0.05",
+    "proposal.adapt_step_size=true",
+    "dataset.n_train=200",
+    "schedule.batch_size=50",
+    "logger=none",
+    "log_every=3",
+]
+
+
+@pytest.mark.slow
+def test_nested_constant_run_reports_evidence_and_its_final_target(run_cli, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(*TINY, "smc.path=nested", "schedule=constant", f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["path"] == "nested" and results["correction"] == "mh"
+    assert results["final_target"] == "posterior of the first 50 of 200 rows"
+    assert results["log_evidence"] < 0
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["iter"] for r in rows] == list(range(1, results["iterations"] + 1))
+    assert all(
+        {"log_evidence", "lambda", "accept_mean", "step_size", "ess"} <= set(r) for r in rows
+    )
+    assert rows[-1]["log_evidence"] == pytest.approx(results["log_evidence"])
+    assert {r["batch_size"] for r in rows} == {50}
+    # constant: the bridge from the prior to 50 rows, then 3 more moves at those rows
+    assert results["iterations"] == results["n_bridge"] + 4
+    # every gradient and every reweighting forward pass, row-weighted
+    grads = results["num_particles"] * 50 * (1 * 2 + 1) * results["iterations"]
+    forward = results["num_particles"] * 50 * (results["n_bridge"] + 1)
+    assert results["example_grads"] == grads + forward
+    assert "lambda" in proc.stderr and "accept" in proc.stderr  # the progress line
+
+
+@pytest.mark.slow
+def test_tempered_run_ends_at_the_posterior(run_cli, tmp_path):
+    out = tmp_path / "run"
+    # smc.num_iterations caps a tempered run (its temperatures are adaptive)
+    proc = run_cli(*TINY, "smc.path=tempered", "smc.num_iterations=200", f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["final_target"] == "posterior" and results["path"] == "tempered"
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert rows[-1]["lambda"] == 1.0 and all(r["batch_size"] == 200 for r in rows)
+
+
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        (["smc.path=minibatch", "proposal.correction=mh"], "proposal.correction"),
+        (["smc.path=nested", "proposal.correction=none"], "proposal.correction"),
+        (["smc.path=nested", "schedule=sda"], "schedule=sda"),
+        (["smc.path=sideways"], "smc.path"),
+        (["smc.path=tempered", "smc.num_mcmc_steps=0"], "smc.num_mcmc_steps"),
+    ],
+)
+def test_path_settings_are_checked(run_cli, tmp_path, args, key):
+    proc = run_cli(*args, "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode != 0
+    assert key in proc.stderr
