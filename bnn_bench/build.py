@@ -18,6 +18,8 @@ def load_data(cfg: DictConfig):
 
     d = cfg.dataset
     options = {"task": d.task} if d.task else {}
+    if d.num_classes is not None:
+        options["num_classes"] = d.num_classes
     if d.name == "synthetic_regression":
         options.update(dim=d.dim, noise_std=d.noise_std)
     data = load_dataset(
@@ -50,15 +52,21 @@ def posterior(cfg: DictConfig, data):
     num_outputs = data.num_classes if data.task == "classification" else 1
     options = {"hidden": list(cfg.model.hidden)} if cfg.model.name == "mlp" else {}
     model = build_model(cfg.model.name, num_outputs, **options)
-    return make_posterior(
-        model,
-        data.x_train[:1],
-        likelihood=cfg.likelihood.name,
-        noise_std=cfg.likelihood.noise_std,
-        prior_std=cfg.prior.std,
-        prior_scale=cfg.prior.scale,
-        compute_dtype=cfg.hardware.dtype,
-    )
+    try:
+        return make_posterior(
+            model,
+            data.x_train[:1],
+            likelihood=cfg.likelihood.name,
+            noise_std=cfg.likelihood.noise_std,
+            prior_std=cfg.prior.std,
+            prior_scale=cfg.prior.scale,
+            compute_dtype=cfg.hardware.dtype,
+        )
+    except ValueError as exc:  # the model does not fit the inputs (make_posterior says why)
+        raise ConfigError(
+            f"model={cfg.model.name} cannot take dataset={cfg.dataset.name}'s inputs of shape "
+            f"{data.input_shape}: {exc}"
+        ) from exc
 
 
 def particle_map(cfg: DictConfig) -> str:

@@ -1,8 +1,8 @@
 """The console entry `bnn-bench`: preflight, Hydra, exit codes and the one-line summary.
 
 Exit codes: 0 finished; 2 bad input (one line naming the key or file, before any work); 1 a job
-failed or diverged (a multirun goes on and lists its failed jobs at the end); 143 interrupted by
-SIGTERM (a checkpoint was written).
+failed or diverged (a multirun goes on and lists its failed jobs at the end); 143 / 130
+interrupted by SIGTERM / SIGINT (a checkpoint was written when the loop had started).
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import hydra
 from omegaconf import DictConfig
 
 from bnn_bench.errors import BnnBenchError, RunDiverged, RunInterrupted
-from bnn_bench.lifecycle import FAILED_JOBS, one_line
+from bnn_bench.lifecycle import FAILED_JOBS, exit_code, one_line
 from bnn_bench.preflight import CONFIG_DIR, preflight
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, as a shell reports a job killed by it
+EXIT_SIGINT = 130  # 128 + SIGINT (Ctrl-C)
 
 
 def say(message: str) -> None:
@@ -60,7 +61,7 @@ def hydra_entry(cfg: DictConfig) -> None:
         FAILED_JOBS.append(out_dir)
     except RunInterrupted as exc:
         say(str(exc))
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(exit_code(getattr(exc, "signum", None)))
     except Exception as exc:
         if os.environ.get("BNN_BENCH_TRACEBACK"):
             traceback.print_exc()
@@ -74,12 +75,16 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point `bnn-bench`."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        preflight(argv)
-    except BnnBenchError as exc:
-        say(str(exc))
-        sys.exit(EXIT_USAGE)
-    sys.argv = [sys.argv[0], *argv]
-    hydra_entry()
+        try:
+            preflight(argv)
+        except BnnBenchError as exc:
+            say(str(exc))
+            sys.exit(EXIT_USAGE)
+        sys.argv = [sys.argv[0], *argv]
+        hydra_entry()
+    except KeyboardInterrupt:  # Ctrl-C outside a job (a job itself stops cleanly on SIGINT)
+        say("interrupted by SIGINT before a job started or after it ended; nothing to resume")
+        sys.exit(EXIT_SIGINT)
     if FAILED_JOBS:
         say(f"{len(FAILED_JOBS)} job(s) failed: {', '.join(FAILED_JOBS)}")
         sys.exit(EXIT_FAILED)

@@ -10,6 +10,7 @@ rejects impossible values with a ConfigError naming the key, the value and what 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
@@ -107,6 +108,7 @@ class DatasetConfig:
     task: str | None = None
     dim: int = 5
     noise_std: float = 0.5
+    num_classes: int | None = None
 
 
 @dataclass
@@ -140,6 +142,10 @@ class HardwareConfig:
     cores_per_job: int | None = None
     compilation_cache: str | None = "outputs/.jax_cache"
     distributed: bool = False
+    # jax.distributed.initialize's arguments; null: detected from the cluster (SLURM, ...)
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
 
 
 @dataclass
@@ -189,6 +195,7 @@ class Config:
     progress: bool = True
     checkpoint_every: int = 100
     resume: bool = False
+    overwrite: bool = False
 
 
 def register_configs() -> None:
@@ -227,6 +234,32 @@ def check_targets(node, prefix: str = "") -> None:
 
 
 ALLOWED_TARGET_PREFIX = "bnn_bench."
+MAX_INT = 2**31 - 1  # counts, sizes and widths are int32 in JAX
+MAX_SEED = 2**32 - 1  # jax.random.key folds larger seeds back onto 0..2**32-1
+
+
+def check_numbers(node, prefix: str = "") -> None:
+    """Every number in the config, whatever its key: floats finite, integers within int32 and
+    `seed` in 0..2**32-1, so that no value can overflow or turn into NaN deep inside a run."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            check_numbers(value, f"{prefix}{key}.")
+        return
+    if isinstance(node, list):
+        for i, value in enumerate(node):
+            check_numbers(value, f"{prefix[:-1]}[{i}].")
+        return
+    key = prefix[:-1]
+    if isinstance(node, bool):
+        return
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key}={node} is not allowed; it must be a finite number")
+    if isinstance(node, int):
+        low, high = (0, MAX_SEED) if key == "seed" else (-MAX_INT, MAX_INT)
+        if not low <= node <= high:
+            raise ConfigError(
+                f"{key}={node} is not allowed; it must be an integer in {low}..{high}"
+            )
 
 
 def check_known_keys(node, schema, prefix: str = "") -> None:
@@ -249,6 +282,11 @@ def validate(cfg) -> None:
     tree = OmegaConf.to_container(cfg, resolve=False)
     check_targets(tree)
     check_known_keys(tree, OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - e.g. ${hydra:...} before Hydra runs: check what resolves
+        resolved = tree
+    check_numbers(resolved)
     from bnn_bench.methods import METHODS
 
     _allowed("method", cfg.method.name, tuple(METHODS))
@@ -295,6 +333,13 @@ def validate(cfg) -> None:
     _check("dataset.val_fraction", vf, 0 <= vf < 1, "in [0, 1) (0: evaluate on the test set)")
     if d.n_train is not None:
         _check("dataset.n_train", d.n_train, d.n_train >= 1, "an integer >= 1 (or null)")
+    if d.n_test is not None:
+        _check("dataset.n_test", d.n_test, d.n_test >= 1, "an integer >= 1 (or null)")
+    if d.num_classes is not None:
+        k = d.num_classes
+        _check("dataset.num_classes", k, k >= 2, "an integer >= 2 (or null: K from the labels)")
+    for i, width in enumerate(cfg.model.hidden):
+        _check(f"model.hidden[{i}]", width, width >= 1, "an integer >= 1 (a layer's width)")
     if d.name == "npz" and not d.path:
         raise ConfigError("dataset.path is required for dataset=npz: an .npz file with x and y")
     _check("prior.std", cfg.prior.std, cfg.prior.std > 0, "> 0")
@@ -312,6 +357,17 @@ def validate(cfg) -> None:
     _allowed("hardware.particle_map", h.particle_map, ("auto", "vmap", "unroll"))
     _check("hardware.eval_chunk", h.eval_chunk, h.eval_chunk >= 1, "an integer >= 1")
     _check("hardware.devices", h.devices, h.devices >= 1, "an integer >= 1")
+    for key in ("coordinator_address", "num_processes", "process_id"):
+        if not h.distributed and h[key] is not None:
+            raise ConfigError(
+                f"hardware.{key}={h[key]} is not allowed without hardware.distributed=true"
+            )
+    if h.num_processes is not None:
+        _check("hardware.num_processes", h.num_processes, h.num_processes >= 1, "an integer >= 1")
+    if h.process_id is not None:
+        top = h.num_processes - 1 if h.num_processes is not None else "num_processes - 1"
+        ok = h.process_id >= 0 and (h.num_processes is None or h.process_id < h.num_processes)
+        _check("hardware.process_id", h.process_id, ok, f"an integer in 0..{top}")
     _allowed("logger", cfg.logger.name, ("wandb", "none"))
     _allowed("logger.mode", cfg.logger.mode, ("online", "offline", "disabled"))
     _check("eval_every", cfg.eval_every, cfg.eval_every >= 0, ">= 0 (0: only at the end)")

@@ -7,7 +7,6 @@ affinity and reads its flags when the backend starts).
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -16,23 +15,25 @@ from bnn_bench.errors import ConfigError
 
 
 def configure(hardware, *, job_num: int) -> list[int] | None:
-    """Cores, platform, dtype, compilation cache, multi-host and device checks from the
-    `hardware` config section; returns the pinned cores, if any."""
-    import jax
+    """Cores, then the JAX backend (platform, dtype, compilation cache, multi-host: a no-op when
+    preflight already set it up in this process, bnn_bench.backend), then the device count;
+    returns the pinned cores, if any."""
+    from bnn_bench.backend import configure_backend
 
     h = hardware
     cores = pin_cores(h.cores_per_job, job_num) if h.cores_per_job else None
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no "no TPU" notices
-    platform = {"gpu": "cuda"}.get(h.platform, h.platform)
-    jax.config.update("jax_platforms", platform)
-    if h.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
-    if h.compilation_cache:
-        enable_compilation_cache(h.compilation_cache)
-    if h.distributed:
-        jax.distributed.initialize()  # coordinator and process ids from SLURM's environment
+    configure_backend(h)
     check_devices(h.devices)
     return cores
+
+
+def process_fields(hardware) -> dict[str, int]:
+    """Which process of a jax.distributed run wrote a results.json (hardware.distributed)."""
+    if not hardware.distributed:
+        return {}
+    import jax
+
+    return {"process_index": jax.process_index(), "process_count": jax.process_count()}
 
 
 def peak_rss_mb() -> float:

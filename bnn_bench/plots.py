@@ -33,21 +33,31 @@ def _figure(width: float = 6.4, height: float = 4.4):
 
 
 def _save(fig, path: Path) -> Path:
+    """Render to memory, then write atomically (a temporary file renamed into place)."""
+    import io
+
+    from bnn_bench.tracking import atomic_write_bytes
+
     path = Path(path)
-    fig.savefig(path, format="png")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of a .jsonl file; a last line cut short (a killed run) is skipped."""
+    """The JSON-object records of a .jsonl file; a line cut short (a killed run) ends the read,
+    and a line that is valid JSON but not an object is skipped."""
     rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:
             break
+        if isinstance(row, dict):  # a line that is not a JSON object is skipped
+            rows.append(row)
     return rows
 
 

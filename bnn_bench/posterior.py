@@ -68,7 +68,7 @@ def make_posterior(
     if likelihood == "gaussian" and not noise_std > 0:
         raise ConfigError(f"likelihood.noise_std={noise_std} is not allowed; it must be > 0")
 
-    params = model.init(jax.random.key(0), example_x[:1])
+    params = init_params(model, example_x[:1])
     theta0, unravel = ravel_pytree(params)
     std_tree = _prior_std_tree(params, prior_std, prior_scale)
     std_vec = ravel_pytree(std_tree)[0].astype(theta0.dtype)
@@ -146,6 +146,34 @@ class LogTarget:
 def make_log_target(posterior: Posterior, num_data: int, *, terms: bool = False) -> LogTarget:
     """The batch log-target l_B of `posterior` on a data set of `num_data` rows (see LogTarget)."""
     return LogTarget(posterior.log_prior, posterior.log_likelihood, num_data, terms)
+
+
+def init_params(model: nn.Module, example_x: jax.Array):
+    """The model's parameters on inputs shaped like `example_x`; ValueError (one line) when the
+    model cannot take such inputs or has a layer with no weights (a width or input of size 0)."""
+    if 0 in example_x.shape[1:]:
+        raise ValueError(f"its inputs of shape {example_x.shape[1:]} have no features")
+    try:
+        params = model.init(jax.random.key(0), example_x)
+    except ZeroDivisionError as exc:  # an initialiser's fan-in of 0
+        raise ValueError(
+            "a layer has no inputs (every layer width and input dimension must be >= 1)"
+        ) from exc
+    except (TypeError, ValueError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{type(exc).__name__}: {first[:300]}") from exc
+    empty = [
+        (jax.tree_util.keystr(path), leaf.shape)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+        if leaf.size == 0
+    ]
+    if empty:
+        where, shape = empty[0]
+        raise ValueError(
+            f"its parameter {where} has shape {shape}: a layer has no weights (every layer "
+            "width and input dimension must be >= 1)"
+        )
+    return params
 
 
 def _prior_std_tree(params, prior_std: float, prior_scale: str):

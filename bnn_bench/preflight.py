@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from omegaconf import OmegaConf, open_dict
+
 from bnn_bench.config import register_configs, validate
 from bnn_bench.errors import BnnBenchError, ConfigError
 
@@ -67,33 +69,52 @@ def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
 
 
 def preflight(argv: list[str]) -> None:
-    """Compose and validate the config of every job the command line asks for; raise on error."""
+    """Compose and validate the config of every job the command line asks for; raise on error.
+
+    Each job is composed with its `hydra:` node, which `hydra_safety.check_hydra` checks for
+    code Hydra would run (callbacks, launchers, sweepers, logging, ...) before Hydra starts.
+    """
     from hydra import compose, initialize_config_dir
     from hydra._internal.utils import get_args_parser
     from hydra.core.global_hydra import GlobalHydra
 
+    from bnn_bench.hydra_safety import check_hydra, check_searchpath_overrides
+
     args, _ = get_args_parser().parse_known_args(argv)
+    if getattr(args, "experimental_rerun", None):
+        raise ConfigError(
+            "--experimental-rerun is not allowed: it unpickles a file (bnn-bench never "
+            "unpickles); rerun with the job's overrides instead"
+        )
     if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion:
         return
-    if args.config_path or args.config_dir or args.config_name:
-        return  # user-supplied config sources: Hydra reports their errors itself
+    check_searchpath_overrides(args.overrides)
+    config_dir, config_name, extra = _config_sources(args)
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            jobs = job_overrides(args.overrides, args.multirun)
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            jobs = job_overrides([*extra, *args.overrides], args.multirun)
             if args.multirun:
-                jobs = _with_sweeper_params(compose, args.overrides, jobs[0])
-            for overrides in jobs:
+                jobs = _with_sweeper_params(compose, [*extra, *args.overrides], jobs[0])
+            first = None
+            for num, overrides in enumerate(jobs):
                 try:
-                    cfg = compose(config_name="config", overrides=overrides)
+                    cfg = compose(
+                        config_name=config_name, overrides=overrides, return_hydra_config=True
+                    )
                 except BnnBenchError:
                     raise
                 except Exception as exc:
                     raise ConfigError(hydra_error_line(exc)) from exc
-                validate(cfg)
-            hydra_cfg = compose(
-                config_name="config", overrides=overrides, return_hydra_config=True
-            ).hydra
+                check_hydra(OmegaConf.to_container(cfg.hydra, resolve=False))
+                hydra_cfg = cfg.hydra
+                with open_dict(cfg):
+                    del cfg["hydra"]
+                if "hardware" in cfg:
+                    first = _backend_before_anything(cfg, hydra_cfg, args.multirun, first)
+                if config_name == "config" and not args.config_path:
+                    validate(cfg)  # a user's own primary config is validated when its job runs
+                _check_job_dir(cfg, hydra_cfg, args.multirun, num)
             key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
             check_creatable(key, hydra_cfg.sweep.dir if args.multirun else hydra_cfg.run.dir)
     except BnnBenchError:
@@ -102,6 +123,70 @@ def preflight(argv: list[str]) -> None:
         raise ConfigError(hydra_error_line(exc)) from exc
     finally:
         GlobalHydra.instance().clear()
+
+
+def _backend_before_anything(cfg, hydra_cfg, multirun: bool, first):
+    """Set up this process's JAX backend from the first job's hardware: before validate imports
+    inference code (blackjax starts the backend at import). Jobs that a launcher runs in other
+    processes set up their own; this process then only validates, on the CPU."""
+    from bnn_bench import backend
+
+    same_process = not multirun or str(hydra_cfg.launcher.get("_target_", "")).endswith(
+        "BasicLauncher"
+    )
+    if not same_process:
+        import jax
+
+        if not backend.backend_started():
+            jax.config.update("jax_platforms", "cpu")
+        return first
+    if first is None:
+        return backend.configure_backend(cfg.hardware)
+    if backend.settings(cfg.hardware) != first:  # one process cannot run two backends
+        backend.configure_backend(cfg.hardware)  # raises, naming the key that differs
+    return first
+
+
+def _check_job_dir(cfg, hydra_cfg, multirun: bool, num: int) -> None:
+    """A job's directory may not hold a finished run (or a different one to resume) before
+    Hydra writes its .hydra/ record there: the checks of rundir.resume_point, up front."""
+    from bnn_bench.rundir import check_before_start
+
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        if multirun:
+            if str(OmegaConf.to_container(hydra_cfg)["sweep"]["subdir"]) != "${hydra.job.num}":
+                return
+            directory = Path(str(hydra_cfg.sweep.dir)) / str(num)
+        else:
+            directory = Path(str(hydra_cfg.run.dir))
+    except Exception:  # noqa: BLE001 - a value only Hydra can resolve: run_job checks it
+        return
+    check_before_start(directory, config)
+
+
+def _config_sources(args) -> tuple[str, str, list[str]]:
+    """(primary config directory, config name, extra overrides) as Hydra will read them, so that
+    a user's --config-path, --config-name or --config-dir is checked like bnn-bench's own."""
+    config_dir = CONFIG_DIR
+    if args.config_path:
+        if str(args.config_path).startswith("pkg://"):
+            raise ConfigError("--config-path=pkg://... is not allowed: it imports a package")
+        config_dir = str(Path(args.config_path).expanduser().absolute())
+        if not Path(config_dir).is_dir():
+            raise ConfigError(f"--config-path={args.config_path} is not a directory")
+    extra = []
+    if args.config_dir:
+        directory = Path(args.config_dir).expanduser().absolute()
+        if not directory.is_dir():
+            raise ConfigError(f"--config-dir={args.config_dir} is not a directory")
+        if any(o.split("=", 1)[0].lstrip("+~") == "hydra.searchpath" for o in args.overrides):
+            raise ConfigError(
+                "--config-dir and hydra.searchpath= together are not supported; list every "
+                "directory in hydra.searchpath=[file://DIR,...]"
+            )
+        extra = [f"hydra.searchpath=[file://{directory}]"]
+    return config_dir, args.config_name or "config", extra
 
 
 def _with_sweeper_params(compose, overrides: list[str], first_job: list[str]) -> list[list[str]]:

@@ -29,9 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from bnn_bench import plots
+from bnn_bench import plots, sweeps
+from bnn_bench.tracking import atomic_write_bytes, check_writable_dir
 
 EXIT_USAGE = 2
+EXIT_NOT_FINISHED = 1
 PROPOSAL_ORDER = ("hmc", "langevin")
 
 
@@ -91,19 +93,74 @@ def read_job(path: Path, directory: str | Path) -> Job:
     says why (never dropped)."""
     try:
         results = json.loads(Path(path).read_text(encoding="utf-8"))
-        if not isinstance(results, dict):
-            raise ValueError("not a JSON object")
+        problem = sweeps.results_shape_problem(results)
+        if problem:
+            raise ValueError(f"wrong shape: {problem}")
     except (OSError, ValueError) as exc:
-        results = {"status": "failed", "error": f"unreadable results.json: {exc}"}
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        results = {"status": "failed", "error": f"unreadable results.json: {reason}"}
     return Job(str(directory), results)
 
 
 def collect(sweep_dir: Path) -> list[Job]:
-    """Every results.json under `sweep_dir`, in directory order (see read_job)."""
-    return [
-        read_job(path, str(path.parent.relative_to(sweep_dir)) or ".")
-        for path in sorted(Path(sweep_dir).rglob("results.json"), key=_natural_key)
-    ]
+    """Every job of the sweep(s) under `sweep_dir`, in directory order, none dropped.
+
+    The jobs are those with a results.json, those that started (a job directory with
+    .hydra/overrides.yaml) and those the sweep's own record (multirun.yaml) lists, found or not.
+    A job without a usable results.json gets status "failed" (results.json unreadable or of the
+    wrong shape), "no results" (started, then stopped without writing one) or "not started",
+    with an `error` saying what the files on disk show.
+    """
+    sweep_dir = Path(sweep_dir)
+    jobs: dict[str, Job] = {}
+
+    def rel(path: Path) -> str:
+        return str(path.relative_to(sweep_dir)) or "."
+
+    for path in sorted(sweep_dir.rglob("results.json"), key=_natural_key):
+        job = read_job(path, rel(path.parent))
+        if "method" not in job.results:  # unreadable: its row from the job's .hydra/config.yaml
+            job.results = {**sweeps.job_config(path.parent), **job.results}
+        jobs[job.directory] = job
+    for directory in sweeps.job_dirs(sweep_dir):
+        if rel(directory) not in jobs:
+            jobs[rel(directory)] = _no_results(rel(directory), directory)
+    for path in sorted(sweep_dir.rglob("multirun.yaml"), key=_natural_key):
+        record = sweeps.read_record(path)
+        if record.problem:
+            jobs[rel(path)] = Job(rel(path), {"status": "unknown", "error": record.problem})
+            continue
+        started = {}
+        for directory in sweeps.job_dirs(record.root):
+            overrides = sweeps.job_overrides(directory)
+            if overrides is not None:
+                started[sweeps.normalise(overrides)] = directory
+        for num, overrides in enumerate(record.jobs):
+            if record.subdir == sweeps.JOB_NUM_SUBDIR:
+                directory = record.root / str(num)
+            else:
+                directory = started.get(sweeps.normalise(overrides))
+            if directory is not None and rel(directory) in jobs:
+                continue
+            if directory is not None and directory.is_dir():
+                jobs[rel(directory)] = _no_results(rel(directory), directory)
+                continue
+            name = rel(directory) if directory is not None else f"{rel(record.root)}: job {num}"
+            jobs[name] = Job(
+                name,
+                {
+                    "status": "not started",
+                    "error": f"never started: no job directory (job {num}: "
+                    f"{' '.join(overrides)}); the sweep stopped before it ran",
+                },
+            )
+    return sorted(jobs.values(), key=lambda j: _natural_key(Path(j.directory)))
+
+
+def _no_results(name: str, directory: Path) -> Job:
+    results = {**sweeps.job_config(directory), "status": "no results"}
+    results["error"] = sweeps.why_no_results(directory)
+    return Job(name, results)
 
 
 def _natural_key(path: Path) -> list:
@@ -136,6 +193,8 @@ def summarise(jobs: list[Job]) -> list[Row]:
     """Rows (sorted by experiment, method, schedule/algorithm, proposal) with their statistics."""
     rows: dict[tuple, Row] = {}
     for job in jobs:
+        if "method" not in job.results:  # not started or unreadable: only listed, no row
+            continue
         key = group_key(job.results)
         row = rows.setdefault(key, Row(*key))
         (row.jobs if job.finished else row.not_finished).append(job)
@@ -373,8 +432,10 @@ def latex(rows: list[Row], jobs: list[Job]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def sweep_plots(rows: list[Row], sweep_dir: Path) -> list[Path]:
-    """accuracy_vs_runtime.png (rmse for regression) and, with VI jobs, neg_elbo_vs_time.png."""
+def sweep_plots(rows: list[Row], out_dir: Path, sweep_dir: Path | None = None) -> list[Path]:
+    """accuracy_vs_runtime.png (rmse for regression) and, with VI jobs, neg_elbo_vs_time.png,
+    written into `out_dir` from the jobs under `sweep_dir` (default: `out_dir`)."""
+    sweep_dir = out_dir if sweep_dir is None else sweep_dir
     written = []
     metric = "accuracy" if any("accuracy" in r.stats for r in rows) else "rmse"
     multi = len({r.experiment for r in rows}) > 1
@@ -387,7 +448,7 @@ def sweep_plots(rows: list[Row], sweep_dir: Path) -> list[Path]:
         ]
         label = f"{row.experiment}: {row.label}" if multi and row.experiment != "-" else row.label
         groups.append((label, [p[0] for p in pairs], [p[1] for p in pairs]))
-    path = plots.accuracy_vs_runtime(groups, sweep_dir / "accuracy_vs_runtime.png", metric=metric)
+    path = plots.accuracy_vs_runtime(groups, out_dir / "accuracy_vs_runtime.png", metric=metric)
     written += [path] if path else []
     curves = []
     for row in rows:
@@ -395,37 +456,62 @@ def sweep_plots(rows: list[Row], sweep_dir: Path) -> list[Path]:
             continue
         for job in row.jobs + row.not_finished:
             metrics = sweep_dir / job.directory / "metrics.jsonl"
-            if not metrics.exists():
+            try:
+                rows_read = plots.read_jsonl(metrics)
+            except OSError:  # missing or unreadable: no curve for this job
                 continue
             records = [
-                r for r in plots.read_jsonl(metrics) if _number(r.get("neg_elbo")) and "time_s" in r
+                r for r in rows_read if _number(r.get("neg_elbo")) and _number(r.get("time_s"))
             ]
             named = multi and row.experiment != "-"
             label = f"{row.experiment}: {row.variant}" if named else row.variant
             curves.append((label, [r["time_s"] for r in records], [r["neg_elbo"] for r in records]))
-    path = plots.neg_elbo_vs_time(curves, sweep_dir / "neg_elbo_vs_time.png")
+    path = plots.neg_elbo_vs_time(curves, out_dir / "neg_elbo_vs_time.png")
     written += [path] if path else []
     return written
 
 
-def report(sweep_dir: Path, seeds: bool = False) -> dict[str, Any]:
-    """Write table.md, table.tex and the sweep plots into `sweep_dir`; return what was written."""
+def report(sweep_dir: Path, out_dir: Path | None = None, seeds: bool = False) -> dict[str, Any]:
+    """Write table.md, table.tex and the sweep plots into `out_dir` (default: `sweep_dir`);
+    `seeds` adds a row per seed. ReportError (one line) for a bad or unwritable directory."""
     sweep_dir = Path(sweep_dir)
+    out_dir = sweep_dir if out_dir is None else Path(out_dir)
     if not sweep_dir.is_dir():
         raise ReportError(f"SWEEP_DIR={sweep_dir} is not a directory")
-    jobs = collect(sweep_dir)
+    try:
+        jobs = collect(sweep_dir)
+    except OSError as exc:
+        raise ReportError(f"SWEEP_DIR={sweep_dir} cannot be read: {exc.strerror or exc}") from exc
     if not jobs:
-        raise ReportError(f"SWEEP_DIR={sweep_dir} holds no results.json (at any depth)")
+        raise ReportError(
+            f"SWEEP_DIR={sweep_dir} holds no results.json and no sweep (at any depth)"
+        )
+    check_writable(out_dir, "--out" if out_dir != sweep_dir else "SWEEP_DIR")
     rows = summarise(jobs)
     from bnn_bench import uncertainty_report  # evaluation.*: a table.md section and a plot
 
-    text = markdown(rows, jobs, sweep_dir, seeds) + uncertainty_report.markdown(rows)
-    (sweep_dir / "table.md").write_text(text, encoding="utf-8")
-    (sweep_dir / "table.tex").write_text(latex(rows, jobs), encoding="utf-8")
-    files = [sweep_dir / "table.md", sweep_dir / "table.tex", *sweep_plots(rows, sweep_dir)]
-    shift_plot = uncertainty_report.accuracy_vs_shift(rows, sweep_dir / "accuracy_vs_shift.png")
-    files += [shift_plot] if shift_plot else []
+    try:
+        text = markdown(rows, jobs, sweep_dir, seeds) + uncertainty_report.markdown(rows)
+        atomic_write_bytes(out_dir / "table.md", text.encode())
+        atomic_write_bytes(out_dir / "table.tex", latex(rows, jobs).encode())
+        plots_written = sweep_plots(rows, out_dir, sweep_dir)
+        files = [out_dir / "table.md", out_dir / "table.tex", *plots_written]
+        shift_plot = uncertainty_report.accuracy_vs_shift(rows, out_dir / "accuracy_vs_shift.png")
+        files += [shift_plot] if shift_plot else []
+    except OSError as exc:
+        raise ReportError(f"cannot write into {out_dir}: {exc.strerror or exc}") from exc
     return {"rows": rows, "jobs": jobs, "not_finished": _not_finished(jobs), "files": files}
+
+
+def check_writable(directory: Path, key: str) -> None:
+    """Refuse a directory the tables cannot be written into (a probe that follows no link)."""
+    try:
+        check_writable_dir(directory)
+    except OSError as exc:
+        hint = "; write the tables elsewhere with --out DIR" if key == "SWEEP_DIR" else ""
+        raise ReportError(
+            f"{key}={directory} is not writable ({exc.strerror or exc}){hint}"
+        ) from exc
 
 
 class ReportError(Exception):
@@ -433,13 +519,18 @@ class ReportError(Exception):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point `bnn-bench-report`."""
+    """Console entry point `bnn-bench-report`: exit 0 when every job finished, 1 when any did
+    not (the report is still written), 2 for bad input."""
     parser = argparse.ArgumentParser(
         prog="bnn-bench-report",
-        description="Tables (table.md, table.tex) and plots of every results.json under a sweep "
-        "directory, grouped by method/schedule/proposal (SMC) or method/algorithm (VI).",
+        description="Tables (table.md, table.tex) and plots of every job of the sweep(s) under a "
+        "directory, grouped by method/schedule/proposal (SMC) or method/algorithm (VI); exit 1 "
+        "when a job did not finish.",
     )
     parser.add_argument("sweep_dir", metavar="SWEEP_DIR", type=Path)
+    parser.add_argument(
+        "--out", metavar="DIR", type=Path, default=None, help="write here (default: SWEEP_DIR)"
+    )
     parser.add_argument(
         "--per-seed",
         action="store_true",
@@ -447,7 +538,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     try:
-        out = report(args.sweep_dir, args.per_seed)
+        out = report(args.sweep_dir, args.out, args.per_seed)
     except ReportError as exc:
         print(f"bnn-bench-report: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
@@ -455,8 +546,13 @@ def main(argv: list[str] | None = None) -> None:
     for path in out["files"]:
         print(f"[bnn-bench-report] wrote {path}", file=sys.stderr)
     if out["not_finished"]:
-        n = len(out["not_finished"])
-        print(f"[bnn-bench-report] {n} job(s) did not finish: see table.md", file=sys.stderr)
+        n, total = len(out["not_finished"]), len(out["jobs"])
+        print(
+            f"bnn-bench-report: {n} of {total} job(s) did not finish: see the last table of "
+            f"{out['files'][0]}",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_NOT_FINISHED)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bnn_bench import build, hardware
-from bnn_bench.checkpoint import Checkpoints, resume_point
+from bnn_bench import build, hardware, rundir
+from bnn_bench.checkpoint import Checkpoints
 from bnn_bench.config import validate
 from bnn_bench.errors import ConfigError
-from bnn_bench.lifecycle import STOP, one_line, status_of, stop_on_signals
+from bnn_bench.lifecycle import STOP, one_line, results_ready, status_of, stop_on_signals
 from bnn_bench.methods import METHODS, Job
 from bnn_bench.plots import run_plots
 from bnn_bench.tracking import (
@@ -29,10 +29,16 @@ from bnn_bench.tracking import (
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
-    """Run one configured job end to end and write its results.json; returns its results."""
+    """Run one configured job end to end and write its results.json; returns its results.
+    SIGTERM and SIGINT stop it cleanly from its first line to its last (lifecycle)."""
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
+    with stop_on_signals(Path(hc.runtime.output_dir)):
+        return _run_job(cfg, hc)
+
+
+def _run_job(cfg: DictConfig, hc) -> dict[str, Any]:
     multirun = hc.mode.name == "MULTIRUN"
     validate(cfg)
     method = METHODS[cfg.method.name]
@@ -40,11 +46,13 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     out_dir = output_dir(Path(hc.runtime.output_dir))
     config = OmegaConf.to_container(cfg, resolve=True)
     checkpoints = Checkpoints(out_dir / "checkpoint.npz", config, cfg.checkpoint_every)
-    resumed = resume_point(cfg.resume, out_dir, checkpoints)
+    resumed = rundir.resume_point(out_dir, checkpoints, resume=cfg.resume, overwrite=cfg.overwrite)
     data = build.load_data(cfg)
     method.check_data(cfg, data)
     posterior = build.posterior(cfg, data)
     start = resumed["iteration"] if resumed else 0
+    if resumed is None and cfg.overwrite:
+        rundir.clear_replaced(out_dir)  # every check passed: the old run may go now
     truncate_metrics(out_dir / "metrics.jsonl", after=start)
 
     group, job_type, name = wandb_names(
@@ -63,6 +71,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         "n_params": posterior.dim,
         "num_classes": data.num_classes,  # 0 for regression (the report's chance level)
         **({"cores": cores} if cores else {}),
+        **hardware.process_fields(cfg.hardware),
     }
     wandb_run = WandbRun(
         mode=cfg.logger.mode if cfg.logger.name == "wandb" else "disabled",
@@ -97,11 +106,11 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     exit_code = 1
     try:
-        with stop_on_signals():
-            try:
-                results = method.run(job)
-            finally:
-                reporter.close()
+        try:
+            results = method.run(job)
+            results_ready()  # only results.json and the plots remain: a signal now is too late
+        finally:
+            reporter.close()
         results = {**base, **results, "runtime_s": time.perf_counter() - t0, "status": "finished"}
         results["peak_rss_mb"] = hardware.peak_rss_mb()
         write_json(out_dir / "results.json", results)
@@ -120,11 +129,11 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
 
 
 def output_dir(out: Path) -> Path:
-    """The job's output directory, checked writable."""
-    probe = out / ".write_test"
+    """The job's output directory, checked writable by a probe that touches nothing there."""
+    from bnn_bench.tracking import check_writable_dir
+
     try:
-        probe.write_text("")
-        probe.unlink()
+        check_writable_dir(out)
     except OSError as exc:
         raise ConfigError(f"output directory {out} is not writable ({exc.strerror})") from exc
     return out

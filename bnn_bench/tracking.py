@@ -12,8 +12,8 @@ import json
 import math
 import netrc
 import os
+import secrets
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,29 @@ from typing import Any
 import numpy as np
 
 
+def _create_temporary(directory: Path, name: str) -> tuple[int, Path]:
+    """A new file in `directory` for writing `name`: a random name, O_EXCL|O_NOFOLLOW (never a
+    file or link already there), mode 0o666 so the kernel applies the umask as for any file."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    flags |= getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = Path(directory) / f".{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {name} in {directory}")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same directory, fsync and rename."""
+    """Write `data` to `path` via a new temporary file in the same directory, fsync and rename.
+
+    The rename replaces `path` itself (a link planted there is replaced, never followed), the
+    temporary file is created afresh (never opened through a link), and the file gets the mode
+    the umask gives (not tempfile.mkstemp's 0600), so colleagues can read a shared sweep.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temporary(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -32,7 +51,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -87,11 +106,35 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
+def open_append(path: Path) -> int:
+    """A file descriptor appending to `path` (created with the umask's mode), never through a
+    symbolic link: a link planted at `path` is refused with a one-line DataError."""
+    from bnn_bench.errors import DataError
+
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        return os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        if path.is_symlink():
+            raise DataError(
+                f"{path} is a symbolic link; bnn-bench writes no file through a link (remove it)"
+            ) from exc
+        raise
+
+
+def check_writable_dir(directory: Path) -> None:
+    """Raise OSError unless a file can be created in `directory`: the probe is a fresh
+    O_EXCL|O_NOFOLLOW file with a random name, so no file or link already there is touched."""
+    fd, tmp = _create_temporary(Path(directory), "write-probe")
+    os.close(fd)
+    tmp.unlink()
+
+
 class MetricsFile:
     """metrics.jsonl: one JSON object per line, flushed as written."""
 
     def __init__(self, path: Path):
-        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._f = os.fdopen(open_append(Path(path)), "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
         self._f.write(json.dumps(_jsonable(record)) + "\n")
@@ -192,7 +235,6 @@ def wandb_api_key_available() -> bool:
 
 def new_run_id() -> str:
     """A W&B-style run id (8 lowercase alphanumerics), kept in checkpoints so a resume reuses it."""
-    import secrets
     import string
 
     alphabet = string.ascii_lowercase + string.digits

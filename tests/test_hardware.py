@@ -110,5 +110,10 @@ def test_a_second_run_reuses_the_compilation_cache(tmp_path, run_cli):
         *TINY, f"hardware.compilation_cache={cache}", f"hydra.run.dir={tmp_path / 'b'}"
     )
     assert second.returncode == 0, second.stderr
-    assert set(os.listdir(cache)) == entries  # nothing new to compile
+    # Nothing the first run stored is compiled again. A tiny jit (threefry_fold_in, floor, ...)
+    # may be stored by the second run only: whether it took the 0.2 s minimum to be cached
+    # depends on the machine's load (since the cache is set before JAX starts, every jit is
+    # a candidate). The SMC step is never among them.
+    new = set(os.listdir(cache)) - entries
+    assert entries <= set(os.listdir(cache)) and not [n for n in new if "step" in n], new
     assert results(tmp_path / "b")["nll"] == results(tmp_path / "a")["nll"]

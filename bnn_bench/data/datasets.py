@@ -15,7 +15,6 @@ normalised at all, so its closed-form posterior stays exact.
 from __future__ import annotations
 
 import os
-import zipfile
 from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from bnn_bench.data.idx import read_idx
+from bnn_bench.data.npz import check_memory, inspect_npz, read_member
 from bnn_bench.errors import ConfigError, DataError
 
 DATASETS: tuple[str, ...] = ("digits", "fashion_mnist", "mnist", "npz", "synthetic_regression")
@@ -41,12 +41,14 @@ TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 # Extra keyword options each dataset accepts; `task` is accepted everywhere so that a config
 # can state it, but only npz lets it choose (elsewhere it must agree with the dataset).
 OPTIONS = {
-    "digits": ("task",),
-    "fashion_mnist": ("task",),
-    "mnist": ("task",),
-    "npz": ("task",),
-    "synthetic_regression": ("task", "dim", "noise_std"),
+    "digits": ("task", "num_classes"),
+    "fashion_mnist": ("task", "num_classes"),
+    "mnist": ("task", "num_classes"),
+    "npz": ("task", "num_classes"),
+    "synthetic_regression": ("task", "dim", "noise_std", "num_classes"),
 }
+# Datasets whose number of classes is fixed (dataset.num_classes may only repeat it).
+FIXED_CLASSES = {"digits": 10, "fashion_mnist": 10, "mnist": 10, "synthetic_regression": 0}
 FIXED_TASKS = {
     "digits": "classification",
     "fashion_mnist": "classification",
@@ -112,12 +114,13 @@ def load_dataset(
     _check_count("n_train", n_train)
     _check_count("n_test", n_test)
     task = _check_options(name, options)
+    num_classes = _check_num_classes(name, options.get("num_classes"))
     if name == "digits":
         data = _digits(test_fraction)
     elif name in ("fashion_mnist", "mnist"):
         data = _idx_dataset(name, root)
     elif name == "npz":
-        data = _npz(path, test_fraction, task)
+        data = _npz(path, test_fraction, task, num_classes)
     else:
         data = _synthetic_regression(
             300 if n_train is None else n_train,
@@ -174,6 +177,22 @@ def _check_options(name: str, options: dict[str, Any]) -> str | None:
     return task
 
 
+def _check_num_classes(name: str, k: Any) -> int | None:
+    """dataset.num_classes: null (K from the labels) or an integer >= 2 (allows missing classes);
+    a dataset with a fixed number of classes only accepts that number."""
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, Integral) or not 2 <= k <= MAX_CLASSES:
+        raise ConfigError(
+            f"dataset.num_classes={k!r} is not allowed; use an integer in 2..{MAX_CLASSES} or null"
+        )
+    fixed = FIXED_CLASSES.get(name)
+    if fixed is not None and k != fixed:
+        what = f"has {fixed} classes; use {fixed} or null" if fixed else "is a regression dataset"
+        raise ConfigError(f"dataset.num_classes={k} is not allowed: dataset={name} {what}")
+    return int(k)
+
+
 # --- layouts, splits, subsets and normalisation --------------------------------------------------
 
 
@@ -190,6 +209,12 @@ def _layout(d: Dataset, layout: str) -> Dataset:
             )
         elif x.ndim == 3:
             x = x[..., None]  # one channel, last
+        elif x.ndim != 4:
+            raise ConfigError(
+                f"dataset.layout=image needs images (n, H, W) or (n, H, W, C) but dataset="
+                f"{d.name} has inputs of shape {x.shape[1:]} ({x.ndim} dimensions with the "
+                "example axis); reshape them, or use a model with a flat layout (linear, mlp)"
+            )
         return np.ascontiguousarray(x, np.float32)
 
     ydtype = np.int32 if d.task == "classification" else np.float32
@@ -237,10 +262,17 @@ def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, source: str):
     return x[tr], y[tr], x[te], y[te]
 
 
+def _check_finite_moments(mean, std) -> None:
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
+        raise ValueError("values too large to normalise (their mean or std overflows float64)")
+
+
 def _standardise_global(x_train: np.ndarray, x_test: np.ndarray):
     """One scalar mean/std from the training values, so images keep their structure."""
-    mean = x_train.mean(dtype=np.float64)
-    std = max(float(x_train.std(dtype=np.float64)), 1e-8)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = x_train.mean(dtype=np.float64)
+        std = max(float(x_train.std(dtype=np.float64)), 1e-8)
+    _check_finite_moments(mean, std)
     scale = np.float32(1.0 / std)
     return (
         ((x_train - np.float32(mean)) * scale).astype(np.float32),
@@ -251,7 +283,9 @@ def _standardise_global(x_train: np.ndarray, x_test: np.ndarray):
 def _standardise_features(x_train: np.ndarray, x_test: np.ndarray):
     """Per-feature standardisation of (n, d) inputs with the training mean and std."""
     x_train, x_test = x_train.astype(np.float64), x_test.astype(np.float64)
-    mean, std = x_train.mean(axis=0), np.maximum(x_train.std(axis=0), 1e-8)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = x_train.mean(axis=0), np.maximum(x_train.std(axis=0), 1e-8)
+    _check_finite_moments(mean, std)
     return ((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)
 
 
@@ -371,69 +405,63 @@ def _idx_dataset(name: str, root: str | None) -> Dataset:
 # --- npz -----------------------------------------------------------------------------------------
 
 
-def _load_npz(file: Path) -> dict[str, np.ndarray]:
-    """Every array of an .npz file, never unpickling anything."""
-    with open(file, "rb") as fh:
-        if fh.read(4) != b"PK\x03\x04":
-            raise DataError(f"{file}: not an .npz file (a zip of .npy arrays, as np.savez writes)")
-    try:
-        with np.load(file, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise DataError(
-                f"{file}: holds object arrays, which need pickle (refused); save plain numeric "
-                "arrays"
-            ) from exc
-        raise DataError(f"{file}: not a readable .npz file ({exc})") from exc
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{file}: not a readable .npz file ({type(exc).__name__})") from exc
-
-
 def _is_real(dtype: np.dtype) -> bool:
     return np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
 
 
-def _npz(path: str | None, test_fraction: float, task: str | None) -> Dataset:
+def _npz(
+    path: str | None, test_fraction: float, task: str | None, num_classes: int | None
+) -> Dataset:
+    """An .npz's arrays, checked from their headers before any data is read, then by value."""
     if not path:
         raise ConfigError("dataset.path is required for dataset=npz: an .npz file with x and y")
     file = Path(path).expanduser()
     if not file.is_file():
         raise DataError(f"dataset.path={path}: no such file (expected an .npz with x and y)")
-    arrays = _load_npz(file)
+    members = inspect_npz(file)
     for key in ("x", "y"):
-        if key not in arrays:
-            raise DataError(f"{file}: has no array '{key}' (found: {', '.join(arrays) or 'none'})")
-    if ("x_test" in arrays) != ("y_test" in arrays):
+        if key not in members:
+            found = ", ".join(members) or "none"
+            raise DataError(f"{file}: has no array '{key}' (found: {found})")
+    if ("x_test" in members) != ("y_test" in members):
         raise DataError(f"{file}: has only one of x_test and y_test; give both or neither")
+    fixed_test = "x_test" in members
+    pairs = (("x", "y"), ("x_test", "y_test")) if fixed_test else (("x", "y"),)
+    for nx, ny in pairs:  # everything the headers tell, before any data is read
+        mx, my = members[nx], members[ny]
+        if len(mx.shape) < 1 or len(my.shape) != 1:
+            raise DataError(
+                f"{file}: {nx} must be (n, ...) and {ny} a vector (n,), found shapes {mx.shape} "
+                f"and {my.shape}"
+            )
+        if mx.shape[0] != my.shape[0]:
+            raise DataError(f"{file}: {nx} has {mx.shape[0]} rows but {ny} has {my.shape[0]}")
+        if mx.shape[0] == 0:
+            raise DataError(f"{file}: {nx} has no rows")
+        if 0 in mx.shape[1:]:
+            raise DataError(
+                f"{file}: {nx} has shape {mx.shape}, so each example has no features; every "
+                "dimension after the first must be >= 1"
+            )
+        if not _is_real(mx.dtype):
+            raise DataError(f"{file}: {nx} must hold integers or floats, not {mx.dtype}")
+        if not (_is_real(my.dtype) or my.dtype == bool):
+            raise DataError(f"{file}: {ny} must hold integers or floats, not {my.dtype}")
+    if fixed_test and members["x"].shape[1:] != members["x_test"].shape[1:]:
+        raise DataError(
+            f"{file}: x has inputs of shape {members['x'].shape[1:]} but x_test has "
+            f"{members['x_test'].shape[1:]}"
+        )
+    used = [name for pair in pairs for name in pair]
+    # x: float64 and float32 copies while normalising; y: one int32/float32 copy
+    check_memory(file, [(members[k], 16 if k.startswith("x") else 8) for k in used])
+    arrays = {k: read_member(file, members[k]) for k in used}
     for key in ("y", "y_test"):  # boolean labels are classes 0 and 1
         if key in arrays and arrays[key].dtype == bool:
             arrays[key] = arrays[key].astype(np.int32)
-    fixed_test = "x_test" in arrays
-    for nx, ny in (("x", "y"), ("x_test", "y_test")) if fixed_test else (("x", "y"),):
-        x, y = arrays[nx], arrays[ny]
-        if x.ndim < 1 or y.ndim != 1:
-            raise DataError(
-                f"{file}: {nx} must be (n, ...) and {ny} a vector (n,), found shapes {x.shape} "
-                f"and {y.shape}"
-            )
-        if len(x) != len(y):
-            raise DataError(f"{file}: {nx} has {len(x)} rows but {ny} has {len(y)}")
-        if len(x) == 0:
-            raise DataError(f"{file}: {nx} has no rows")
-        if not _is_real(x.dtype):
-            raise DataError(f"{file}: {nx} must hold integers or floats, not {x.dtype}")
-        if not np.all(np.isfinite(x)):
-            raise DataError(f"{file}: {nx} must have no NaN or Inf")
-        if not _is_real(y.dtype):
-            raise DataError(f"{file}: {ny} must hold integers or floats, not {y.dtype}")
-        if not np.all(np.isfinite(y)):
-            raise DataError(f"{file}: {ny} must have no NaN or Inf")
-    if fixed_test and arrays["x"].shape[1:] != arrays["x_test"].shape[1:]:
-        raise DataError(
-            f"{file}: x has inputs of shape {arrays['x'].shape[1:]} but x_test has "
-            f"{arrays['x_test'].shape[1:]}"
-        )
+    for key in used:
+        if not np.all(np.isfinite(arrays[key])):
+            raise DataError(f"{file}: {key} must have no NaN or Inf")
     x, y = arrays["x"], arrays["y"]
     if x.ndim == 1:  # a single feature
         x = x[:, None]
@@ -441,31 +469,74 @@ def _npz(path: str | None, test_fraction: float, task: str | None) -> Dataset:
             arrays["x_test"] = arrays["x_test"][:, None]
     if fixed_test:
         xtr, ytr, xte, yte = x, y, arrays["x_test"], arrays["y_test"]
-        ny_train, ny_test = "y", "y_test"
+        names = ("y", "y_test")
     else:
         xtr, ytr, xte, yte = _split(x, y, test_fraction, str(file))
-        ny_train = ny_test = "y"
+        names = ("y", "y")
     task = task or ("classification" if np.issubdtype(y.dtype, np.integer) else "regression")
     if task == "classification":
-        for labels, ny in ((ytr, ny_train), (yte, ny_test)):
-            if labels.min() < 0 or not np.all(labels == np.round(labels)):
-                bad = labels[(labels < 0) | (labels != np.round(labels))][0]
-                raise DataError(
-                    f"{file}: {ny} has labels outside 0..K-1 (found {bad}); class labels must be "
-                    "integers >= 0"
-                )
-        num_classes = int(max(ytr.max(), yte.max())) + 1
-        if num_classes < 2:
-            raise DataError(f"{file}: y has only one class (0); classification needs at least 2")
-        ytr, yte = ytr.astype(np.int32), yte.astype(np.int32)
+        labels = ((names[0], ytr), (names[1], yte))
+        num_classes = class_count(str(file), labels, num_classes)
+        ytr, yte = ytr.astype(np.int32), yte.astype(np.int32)  # exact: checked above
     else:
+        if num_classes is not None:
+            raise ConfigError(
+                f"dataset.num_classes={num_classes} is not allowed for a regression dataset "
+                f"({file}); use null"
+            )
         num_classes = 0
         ytr, yte = ytr.astype(np.float32), yte.astype(np.float32)
-    if xtr.ndim == 2:
-        xtr, xte = _standardise_features(xtr, xte)
-    else:
-        xtr, xte = _standardise_global(xtr.astype(np.float64), xte.astype(np.float64))
+    try:
+        if xtr.ndim == 2:
+            xtr, xte = _standardise_features(xtr, xte)
+        else:
+            xtr, xte = _standardise_global(xtr.astype(np.float64), xte.astype(np.float64))
+    except ValueError as exc:
+        raise DataError(f"{file}: x has {exc}; rescale the inputs") from exc
     return Dataset("npz", xtr, ytr, xte, yte, task, num_classes)
+
+
+MAX_CLASSES = 2**31 - 1  # labels are int32
+
+
+def class_count(source: str, labels, num_classes: int | None) -> int:
+    """K for class labels [(name, array)], train first: integers in 0..K-1, at least two
+    classes among the training labels, and (without an explicit `num_classes`) every class
+    0..K-1 present, so that one stray label cannot make a model with thousands of outputs."""
+    for name, lab in labels:
+        bad = (lab < 0) | (lab != np.round(lab)) | (lab > MAX_CLASSES - 1)
+        if np.any(bad):
+            raise DataError(
+                f"{source}: {name} has labels outside 0..K-1 (found {lab[bad][0]}); class labels "
+                f"must be integers in 0..{MAX_CLASSES - 1}"
+            )
+    train_classes = np.unique(labels[0][1])
+    if len(train_classes) < 2:
+        raise DataError(
+            f"{source}: {labels[0][0]} has only one class ({int(train_classes[0])}); "
+            "classification needs at least 2"
+        )
+    present = np.unique(np.concatenate([lab for _, lab in labels])).astype(np.int64)
+    top = int(present[-1])
+    if num_classes is not None:
+        for name, lab in labels:
+            if lab.max() >= num_classes:
+                raise DataError(
+                    f"{source}: {name} has label {int(lab.max())} but dataset.num_classes="
+                    f"{num_classes} allows only 0..{num_classes - 1}"
+                )
+        return int(num_classes)
+    if len(present) != top + 1:
+        missing = np.setdiff1d(np.arange(len(present) + 1), present)[:3]
+        shown = ", ".join(str(int(m)) for m in missing)
+        n_missing = top + 1 - len(present)
+        raise DataError(
+            f"{source}: the labels are not the classes 0..K-1: {len(present)} distinct labels "
+            f"up to {top}, so {n_missing} of the {top + 1} classes have no example (e.g. "
+            f"{shown}); relabel them 0..{len(present) - 1}, or set dataset.num_classes to "
+            "allow classes without examples"
+        )
+    return top + 1
 
 
 # --- synthetic_regression ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bnn_bench.data.npz import available_memory, fmt_bytes
 from bnn_bench.errors import DataError
 
 # IDX type codes -> big-endian numpy dtypes.
@@ -23,17 +24,24 @@ IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x
 _CODES = {np.dtype(v).str[1:]: k for k, v in IDX_TYPES.items()}
 
 
-def _read_bytes(path: Path) -> bytes:
+def _open(path: Path):
+    """The file's byte stream, decompressed when it starts with the gzip magic."""
     try:
-        raw = path.read_bytes()
+        fh = open(path, "rb")  # noqa: SIM115 - returned to a with-block
     except FileNotFoundError as exc:
         raise DataError(f"{path}: no such file") from exc
     except OSError as exc:
         raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
-    if raw[:2] != b"\x1f\x8b":
-        return raw
+    if fh.read(2) == b"\x1f\x8b":
+        fh.seek(0)
+        return gzip.GzipFile(fileobj=fh, mode="rb"), fh
+    fh.seek(0)
+    return fh, fh
+
+
+def _read(stream, n: int, path: Path) -> bytes:
     try:
-        return gzip.decompress(raw)
+        return stream.read(n)
     except EOFError as exc:
         raise DataError(f"{path}: truncated gzip file (the compressed stream ends early)") from exc
     except (OSError, zlib.error) as exc:
@@ -41,32 +49,47 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (raw or gzip) into a native-endian array; DataError if it is malformed."""
+    """Read an IDX file (raw or gzip) into a native-endian array; DataError if it is malformed.
+
+    The header is read first and the size it declares is checked against the memory available
+    before the data is read (or decompressed): a gzip bomb is refused after a few bytes.
+    """
     path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_TYPES:
-        magic = data[:4].hex() if data else "(empty file)"
-        raise DataError(
-            f"{path}: not an IDX file (magic 0x{magic}; expected 0x0000 then a type code "
-            f"({', '.join(f'0x{c:02X}' for c in IDX_TYPES)}) and ndim)"
-        )
-    dtype, ndim = np.dtype(IDX_TYPES[data[2]]), data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(
-            f"{path}: truncated IDX file: the header of a {ndim}-D array needs {header} bytes, "
-            f"found {len(data)}"
-        )
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = math.prod(dims) * dtype.itemsize
-    found = len(data) - header
-    if found != expected:
-        problem = "truncated IDX file" if found < expected else "IDX file has trailing bytes"
+    stream, raw = _open(path)
+    with raw, stream:
+        magic = _read(stream, 4, path)
+        if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in IDX_TYPES:
+            shown = magic.hex() if magic else "(empty file)"
+            raise DataError(
+                f"{path}: not an IDX file (magic 0x{shown}; expected 0x0000 then a type code "
+                f"({', '.join(f'0x{c:02X}' for c in IDX_TYPES)}) and ndim)"
+            )
+        dtype, ndim = np.dtype(IDX_TYPES[magic[2]]), magic[3]
+        header = 4 + 4 * ndim
+        dims_raw = _read(stream, 4 * ndim, path)
+        if len(dims_raw) < 4 * ndim:
+            raise DataError(
+                f"{path}: truncated IDX file: the header of a {ndim}-D array needs {header} "
+                f"bytes, found {4 + len(dims_raw)}"
+            )
+        dims = struct.unpack(f">{ndim}I", dims_raw)
+        expected = math.prod(dims) * dtype.itemsize
+        have = available_memory()
+        if 2 * expected > have:  # the bytes read and the native-endian copy
+            raise DataError(
+                f"{path}: its header declares shape {tuple(dims)} ({fmt_bytes(expected)}), "
+                f"more than the {fmt_bytes(have)} of memory available"
+            )
+        data = _read(stream, expected, path)
+        trailing = len(_read(stream, 1, path)) if len(data) == expected else 0
+    if len(data) != expected or trailing:
+        problem = "IDX file has trailing bytes" if trailing else "truncated IDX file"
+        found = f"more than {expected}" if trailing else str(len(data))
         raise DataError(
             f"{path}: {problem}: expected {expected} bytes of data for shape {tuple(dims)}, "
             f"found {found}"
         )
-    array = np.frombuffer(data, dtype, offset=header).reshape(dims)
+    array = np.frombuffer(data, dtype).reshape(dims)
     return array.astype(dtype.newbyteorder("="))
 
 

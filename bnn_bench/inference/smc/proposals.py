@@ -20,8 +20,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from blackjax.adaptation import chees_adaptation
-from blackjax.mcmc.dynamic_hmc import halton_sequence
 
 PROPOSALS = ("hmc", "langevin", "chees")
 MASSES = ("identity", "diag")
@@ -65,6 +63,10 @@ class Tuning(NamedTuple):
 
 
 def _chees_base(proposal: Proposal):
+    # blackjax is imported where it is used: its import starts the JAX backend (bnn_bench.backend)
+    from blackjax.adaptation import chees_adaptation
+    from blackjax.mcmc.dynamic_hmc import halton_sequence
+
     return chees_adaptation.base(
         jitter_generator=lambda arg: halton_sequence(arg),
         next_random_arg_fn=lambda arg: arg + 1,
@@ -93,6 +95,8 @@ def move_parameters(proposal: Proposal, tuning: Tuning) -> tuple[jax.Array, jax.
     """(h, number of leapfrog steps) for the next move; the step count is static unless chees."""
     if proposal.name != "chees":
         return tuning.step_size, proposal.num_steps
+    from blackjax.mcmc.dynamic_hmc import halton_sequence
+
     st = tuning.chees
     jitter = halton_sequence(st.random_generator_arg)
     n = jnp.ceil(jitter * st.trajectory_length / st.step_size).astype(jnp.int32)

@@ -7,13 +7,12 @@ particles (log-weight -inf), and resample when ESS < threshold * J.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from blackjax.smc import resampling as bj_resampling
 
 from bnn_bench.inference.mapping import map_particles
 from bnn_bench.inference.smc import schedules
@@ -30,12 +29,28 @@ from bnn_bench.inference.smc.proposals import (
 from bnn_bench.inference.smc.schedules import SchedulePlan, ScheduleState, ScheduleStats
 from bnn_bench.metrics import ess
 
-RESAMPLERS: dict[str, Callable] = {
-    "systematic": bj_resampling.systematic,
-    "multinomial": bj_resampling.multinomial,
-    "stratified": bj_resampling.stratified,
-    "residual": bj_resampling.residual,
-}
+
+class _Resamplers(Mapping):
+    """blackjax's resamplers by name, imported on first use: importing blackjax starts the JAX
+    backend, which must wait until the CLI has applied hardware.platform (bnn_bench.backend)."""
+
+    names = ("systematic", "multinomial", "stratified", "residual")
+
+    def __getitem__(self, name: str) -> Callable:
+        if name not in self.names:
+            raise KeyError(name)
+        from blackjax.smc import resampling
+
+        return getattr(resampling, name)
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+RESAMPLERS: Mapping[str, Callable] = _Resamplers()
 WEIGHTS = ("energy", "annealed")
 
 
