@@ -73,6 +73,12 @@ class ProposalConfig:
 
 
 @dataclass
+class StandardizeConfig:
+    inputs: str = "auto"  # auto | none | global | per_feature (auto: the dataset's default)
+    targets: str = "auto"  # auto | none | standard (regression; auto: standard for diabetes)
+
+
+@dataclass
 class DatasetConfig:
     name: str = "digits"
     root: str | None = None
@@ -83,6 +89,7 @@ class DatasetConfig:
     task: str | None = None
     dim: int = 5
     noise_std: float = 0.5
+    standardize: StandardizeConfig = field(default_factory=StandardizeConfig)
 
 
 @dataclass
@@ -243,6 +250,10 @@ def validate(cfg) -> None:
     lr = p.learning_rate
     _check("proposal.learning_rate", lr, lr > 0, "> 0")
     d = cfg.dataset
+    from bnn_bench.data.datasets import INPUT_STANDARDIZATIONS, TARGET_STANDARDIZATIONS
+
+    _allowed("dataset.standardize.inputs", d.standardize.inputs, INPUT_STANDARDIZATIONS)
+    _allowed("dataset.standardize.targets", d.standardize.targets, TARGET_STANDARDIZATIONS)
     _check("dataset.test_fraction", d.test_fraction, 0 < d.test_fraction < 1, "in (0, 1)")
     if d.n_train is not None:
         _check("dataset.n_train", d.n_train, d.n_train >= 1, "an integer >= 1 (or null)")

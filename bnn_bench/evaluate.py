@@ -65,8 +65,13 @@ def evaluate(
     particle_map: str = "vmap",
     num_bins: int = 15,
     reliability: bool = False,
+    target_shift: float = 0.0,
+    target_scale: float = 1.0,
 ) -> dict[str, float]:
     """Test metrics of the weighted predictive: accuracy/nll/ece/brier, or rmse/nll (regression).
+
+    Regression targets standardised as y' = (y - target_shift) / target_scale are scored in the
+    original units: means, targets and the noise std are mapped back before rmse and nll.
 
     With `reliability` (classification), also `reliability`: the per-bin confidences, accuracies
     and counts behind the ECE (metrics.reliability_summary), for the reliability diagram.
@@ -96,4 +101,9 @@ def evaluate(
         particle_chunk=particle_chunk,
         particle_map=particle_map,
     )
-    return metrics.regression_metrics(means, log_weights, jnp.asarray(y), posterior.noise_std)
+    return metrics.regression_metrics(
+        means * target_scale + target_shift,
+        log_weights,
+        jnp.asarray(y) * target_scale + target_shift,
+        posterior.noise_std * target_scale,
+    )

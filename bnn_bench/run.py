@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from bnn_bench.checkpoint import Checkpoints
@@ -218,6 +219,8 @@ def load_data(cfg: DictConfig):
         n_test=d.n_test,
         test_fraction=d.test_fraction,
         seed=cfg.seed,
+        standardize_inputs=d.standardize.inputs,
+        standardize_targets=d.standardize.targets,
         **options,
     )
     wanted = {"categorical": "classification", "gaussian": "regression"}[cfg.likelihood.name]
@@ -246,6 +249,16 @@ def build_posterior(cfg: DictConfig, data):
         prior_scale=cfg.prior.scale,
         compute_dtype=cfg.hardware.dtype,
     )
+
+
+def standardization_arrays(data) -> dict:
+    """The means and stds the data was standardised with, as posterior.npz stores them."""
+    s = data.standardization
+    return {
+        key: np.asarray(s[key], np.float64)
+        for key in ("x_mean", "x_std", "y_mean", "y_std")
+        if s.get(key) is not None
+    }
 
 
 def particle_map(cfg: DictConfig) -> str:
@@ -299,6 +312,8 @@ def evaluate_on_test(cfg: DictConfig, data, posterior, particles, log_weights, r
         particle_chunk=cfg.hardware.particle_chunk,
         particle_map=particle_map(cfg),
         reliability=reliability,
+        target_shift=data.y_mean,
+        target_scale=data.y_std,
     )
 
 
@@ -390,7 +405,12 @@ def run_smc(
     raise_if_stopped(status, counts["iterations"], out_dir, smc_divergence(cfg))
     results = test_metrics(state, reliability=True)
     if cfg.save_posterior:
-        write_posterior(out_dir / "posterior.npz", state.particles, state.log_weights)
+        write_posterior(
+            out_dir / "posterior.npz",
+            state.particles,
+            state.log_weights,
+            **standardization_arrays(data),
+        )
     results.update(
         schedule=s.name,
         proposal=cfg.proposal.name,
@@ -542,7 +562,10 @@ def run_smc_scheduled(
     results = test_metrics(run_state.smc, reliability=True)
     if cfg.save_posterior:
         write_posterior(
-            out_dir / "posterior.npz", run_state.smc.particles, run_state.smc.log_weights
+            out_dir / "posterior.npz",
+            run_state.smc.particles,
+            run_state.smc.log_weights,
+            **standardization_arrays(data),
         )
     results.update(
         schedule=plan.name,
@@ -638,7 +661,9 @@ def run_vi(
     results = test_metrics(state.q, reliability=True)
     if cfg.save_posterior:
         samples = family.sample(key_pred, state.q, vi.num_predictive_samples)
-        write_vi_posterior(out_dir / "posterior.npz", state.q, samples)
+        write_vi_posterior(
+            out_dir / "posterior.npz", state.q, samples, **standardization_arrays(data)
+        )
     tail = history[-max(1, len(history) // 10) :]  # the last 10% of iterations
     results.update(
         algorithm=vi.algorithm,
@@ -705,6 +730,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         "n_train": data.n_train,
         "n_test": int(len(data.y_test)),
         "n_params": posterior.dim,
+        "standardization": data.standardization,
         **({"cores": cores} if cores else {}),
     }
     wandb_run = WandbRun(
