@@ -166,6 +166,27 @@ def warmup(
     return Chains(state, step_size, imm), sums
 
 
+def transition(rng_key: jax.Array, chains: Chains, *, log_density: Callable, config: HMCConfig):
+    """One NUTS (or HMC) transition of every chain at its tuned step size and mass matrix;
+    returns (chains, ChunkInfo of this one transition). Not jitted: jit the caller."""
+    algorithm, extra = _algorithm(config)
+
+    def one(key, state, step_size, imm):
+        kernel = algorithm(log_density, step_size, imm, **extra)
+        state, info = kernel.step(key, state)
+        depth = getattr(info, "num_trajectory_expansions", 0)
+        return state, ChunkInfo(
+            info.is_divergent.astype(jnp.int32),
+            jnp.asarray(depth, jnp.float32),
+            jnp.asarray(info.num_integration_steps, jnp.float32),
+            jnp.asarray(info.acceptance_rate, jnp.float32),
+        )
+
+    keys = jax.random.split(rng_key, config.num_chains)
+    state, info = jax.vmap(one)(keys, chains.state, chains.step_size, chains.inverse_mass_matrix)
+    return chains._replace(state=state), info
+
+
 @partial(jax.jit, static_argnames=("log_density", "observe", "config", "num_kept"))
 def sample_chunk(
     rng_key: jax.Array,
@@ -178,39 +199,23 @@ def sample_chunk(
 ):
     """num_kept * config.thin transitions of every chain; returns (chains, kept, ChunkInfo).
 
-    `kept` is observe(theta) of every thin-th state, stacked as (num_kept, C, ...).
+    `kept` is observe(theta) of every thin-th state, stacked as (num_kept, C, ...); the info is
+    summed over the chunk's transitions.
     """
-    algorithm, extra = _algorithm(config)
-
-    def transition(key, state, step_size, imm):
-        kernel = algorithm(log_density, step_size, imm, **extra)
-        state, info = kernel.step(key, state)
-        depth = getattr(info, "num_trajectory_expansions", 0)
-        return state, ChunkInfo(
-            info.is_divergent.astype(jnp.int32),
-            jnp.asarray(depth, jnp.float32),
-            jnp.asarray(info.num_integration_steps, jnp.float32),
-            info.acceptance_rate,
-        )
-
-    step_all = jax.vmap(transition)
 
     def inner(carry, key):
-        state, sums = carry
-        keys = jax.random.split(key, config.num_chains)
-        state, info = step_all(keys, state, chains.step_size, chains.inverse_mass_matrix)
-        return (state, jax.tree.map(jnp.add, sums, info)), None
+        ch, sums = carry
+        ch, info = transition(key, ch, log_density=log_density, config=config)
+        return (ch, jax.tree.map(jnp.add, sums, info)), None
 
     def outer(carry, key):
         carry, _ = jax.lax.scan(inner, carry, jax.random.split(key, config.thin))
-        return carry, jax.vmap(observe)(carry[0].position)
+        return carry, jax.vmap(observe)(carry[0].state.position)
 
     num = config.num_chains
     zeros = ChunkInfo(jnp.zeros(num, jnp.int32), jnp.zeros(num), jnp.zeros(num), jnp.zeros(num))
-    (state, sums), kept = jax.lax.scan(
-        outer, (chains.state, zeros), jax.random.split(rng_key, num_kept)
-    )
-    return chains._replace(state=state), kept, sums
+    (chains, sums), kept = jax.lax.scan(outer, (chains, zeros), jax.random.split(rng_key, num_kept))
+    return chains, kept, sums
 
 
 def run_sampling(

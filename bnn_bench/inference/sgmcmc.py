@@ -46,8 +46,8 @@ class SGMCMCState(NamedTuple):
 
 
 class SGMCMCInfo(NamedTuple):
-    step_size: jax.Array  # at the group's last step
-    keep: jax.Array  # bool: this group's last position is a draw
+    step_size: jax.Array  # the step's step size
+    keep: jax.Array  # bool: the position after the step is a draw
 
 
 def check_config(config: SGMCMCConfig) -> None:
@@ -106,6 +106,34 @@ def _kernel(config: SGMCMCConfig, grad_estimator: Callable):
     )
 
 
+def step(
+    rng_key: jax.Array,
+    state: SGMCMCState,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    log_target: Callable,
+    config: SGMCMCConfig,
+) -> tuple[SGMCMCState, SGMCMCInfo]:
+    """One SGLD/SGHMC step on minibatch epoch_batch(rng_key, state.step); returns (state, info)
+    with the step size used and whether the new position is a draw. Step k's minibatch and noise
+    come from rng_key and k only, so a run split into chunks (or resumed) takes the same steps.
+    Not jitted: jit the caller."""
+    n = x.shape[0]
+    batch = min(config.batch_size, n)
+    mask = jnp.ones(batch, bool)
+
+    def grad_estimator(theta, minibatch):
+        xb, yb = minibatch
+        return jax.grad(lambda t: log_target(t, xb, yb, mask, batch))(theta)
+
+    idx = epoch_batch(rng_key, state.step, n, batch)
+    h = step_size_at(state.step, config)
+    key = jax.random.fold_in(jax.random.fold_in(rng_key, 1), state.step)
+    position = _kernel(config, grad_estimator).step(key, state.position, (x[idx], y[idx]), h)
+    return SGMCMCState(position, state.step + 1), SGMCMCInfo(h, is_kept(state.step, config))
+
+
 @partial(jax.jit, static_argnames=("log_target", "config", "num_groups"))
 def run_chunk(
     rng_key: jax.Array,
@@ -117,31 +145,15 @@ def run_chunk(
     config: SGMCMCConfig,
     num_groups: int,
 ):
-    """num_groups x thin steps; returns (state, positions (num_groups, D), SGMCMCInfo).
-
-    Step k's minibatch and noise come from fold_in(rng_key, k) and epoch_batch(rng_key, k): a
-    run split into chunks (or resumed) takes the same steps.
-    """
-    n = x.shape[0]
-    batch = min(config.batch_size, n)
-    mask = jnp.ones(batch, bool)
-
-    def grad_estimator(theta, minibatch):
-        xb, yb = minibatch
-        return jax.grad(lambda t: log_target(t, xb, yb, mask, batch))(theta)
-
-    kernel = _kernel(config, grad_estimator)
+    """num_groups x thin steps; returns (state, positions (num_groups, D), SGMCMCInfo of each
+    group's last step)."""
 
     def one(st, _):
-        idx = epoch_batch(rng_key, st.step, n, batch)
-        h = step_size_at(st.step, config)
-        key = jax.random.fold_in(jax.random.fold_in(rng_key, 1), st.step)
-        position = kernel.step(key, st.position, (x[idx], y[idx]), h)
-        return SGMCMCState(position, st.step + 1), h
+        return step(rng_key, st, x, y, log_target=log_target, config=config)
 
     def group(st, _):
-        st, sizes = jax.lax.scan(one, st, None, config.thin)
-        return st, (st.position, SGMCMCInfo(sizes[-1], is_kept(st.step - 1, config)))
+        st, infos = jax.lax.scan(one, st, None, config.thin)
+        return st, (st.position, jax.tree.map(lambda a: a[-1], infos))
 
     state, (positions, info) = jax.lax.scan(group, state, None, num_groups)
     return state, positions, info
