@@ -1,5 +1,5 @@
 """`python -m bnn_bench` is `bnn-bench`."""
 
-from bnn_bench.run import main
+from bnn_bench.cli import main
 
 main()

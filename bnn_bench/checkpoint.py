@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from bnn_bench.errors import DataError
+from bnn_bench.errors import ConfigError, DataError
 from bnn_bench.tracking import atomic_write_bytes
 
 FORMAT = 1
@@ -133,3 +134,24 @@ class Checkpoints:
 
     def read(self, like) -> tuple[Any, dict[str, Any]]:
         return load(self.path, like)
+
+
+def resume_point(resume: bool, out_dir: Path, checkpoints: Checkpoints) -> dict[str, Any] | None:
+    """The checkpoint metadata to resume from (resume=true), or None for a fresh run.
+
+    A fresh run refuses a directory that already holds a run, so that nothing is overwritten.
+    """
+    if not resume:
+        held = [f for f in ("checkpoint.npz", "results.json") if (out_dir / f).exists()]
+        if held:
+            raise ConfigError(
+                f"output directory {out_dir} already holds a run ({held[0]}); pass resume=true "
+                "to continue it, or choose another hydra.run.dir"
+            )
+        return None
+    if not checkpoints.exists():
+        print(f"[bnn-bench] resume: no checkpoint in {out_dir}; starting afresh", file=sys.stderr)
+        return None
+    meta = checkpoints.peek()
+    print(f"[bnn-bench] resume: continuing from iteration {meta['iteration']}", file=sys.stderr)
+    return meta

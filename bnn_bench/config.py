@@ -1,7 +1,11 @@
-"""Config schemas (registered in Hydra's ConfigStore) and the value checks that types can't express.
+"""The structured-config schema (registered in Hydra's ConfigStore): the ONLY defaults of every
+key, and the value checks that types can't express.
 
-Types are enforced by OmegaConf when configs are composed; `validate` then rejects impossible
-values with a ConfigError naming the key, the value and what is allowed.
+Where a library NamedTuple has a setting of the same name (SMCConfig, Proposal, SchedulePlan,
+VIConfig), the schema takes its default from that field (`_default`), so the library and the CLI
+can never disagree; the yaml options under conf/ set only what differs between options (e.g.
+langevin's S = 1). Types are enforced by OmegaConf when configs are composed; `validate` then
+rejects impossible values with a ConfigError naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -11,6 +15,15 @@ from dataclasses import dataclass, field
 from hydra.core.config_store import ConfigStore
 
 from bnn_bench.errors import ConfigError
+from bnn_bench.inference.smc.proposals import Proposal
+from bnn_bench.inference.smc.sampler import SMCConfig
+from bnn_bench.inference.smc.schedules import SchedulePlan
+from bnn_bench.inference.vi.family import VIConfig
+
+
+def _default(settings, name: str):
+    """The default of field `name` of the library NamedTuple `settings`."""
+    return settings._field_defaults[name]
 
 
 @dataclass
@@ -20,56 +33,56 @@ class MethodConfig:
 
 @dataclass
 class SMCSettings:
-    num_particles: int = 64
-    num_iterations: int = 1000
-    resample_threshold: float = 0.5
-    resampler: str = "systematic"
-    weights: str = "energy"
+    num_particles: int = 64  # J
+    num_iterations: int = 1000  # K
+    resample_threshold: float = _default(SMCConfig, "resample_threshold")
+    resampler: str = _default(SMCConfig, "resampler")
+    weights: str = _default(SMCConfig, "weights")
 
 
 @dataclass
 class VISettings:
     algorithm: str = "score_prox"
-    family: str = "diag"
-    rank: int = 1
-    num_iterations: int = 1000
-    batch_size: int = 100
-    num_samples: int = 4
-    prox_weight: float = 1.0
-    prox_growth: float = 1.0
-    inner_steps: int = 10
-    learning_rate: float = 0.001
-    num_predictive_samples: int = 32
-    init_std: float = 0.01
+    family: str = _default(VIConfig, "family")
+    rank: int = 1  # r, columns of the low-rank factor (family=lowrank)
+    num_iterations: int = 1000  # T
+    batch_size: int = _default(VIConfig, "batch_size")
+    num_samples: int = _default(VIConfig, "num_samples")
+    prox_weight: float = _default(VIConfig, "prox_weight")
+    prox_growth: float = _default(VIConfig, "prox_growth")
+    inner_steps: int = _default(VIConfig, "inner_steps")
+    learning_rate: float = _default(VIConfig, "learning_rate")
+    num_predictive_samples: int = 32  # draws from q for the test predictive
+    init_std: float = 0.01  # q_0's std as a fraction of the prior std (mean: a prior draw)
 
 
 @dataclass
 class ScheduleConfig:
     name: str = "ctr"
-    batch_size: int = 500
-    refine_at: float = 0.9
-    slope: float | None = None
+    batch_size: int = 500  # C
+    refine_at: float = _default(SchedulePlan, "refine_at")
+    slope: float | None = _default(SchedulePlan, "slope")
     # adaptive schedules (automated, sda, ctr_adaptive; docs/algorithms.md)
-    noise_tol: float = 1.0
-    entropy_tol: float = 0.01
-    window: int = 5
-    growth: float = 2.0
-    refine_iterations: int | None = None
-    signal: str = "loglik"
-    loglik_tol: float = 0.01
+    noise_tol: float = _default(SchedulePlan, "noise_tol")
+    entropy_tol: float = _default(SchedulePlan, "entropy_tol")
+    window: int = _default(SchedulePlan, "window")
+    growth: float = _default(SchedulePlan, "growth")
+    refine_iterations: int | None = _default(SchedulePlan, "refine_iterations")
+    signal: str = _default(SchedulePlan, "signal")
+    loglik_tol: float = _default(SchedulePlan, "loglik_tol")
 
 
 @dataclass
 class ProposalConfig:
-    name: str = "hmc"
-    num_steps: int = 3
-    step_size: float = 0.002
-    adapt_step_size: bool = False
-    target_accept: float = 0.65
-    adapt_rate: float = 1.0
-    mass: str = "identity"
-    max_steps: int = 10
-    learning_rate: float = 0.05
+    name: str = _default(Proposal, "name")
+    num_steps: int = 3  # S (the SMC paper's value)
+    step_size: float = 0.002  # h (the SMC paper's value; the initial h when adapted)
+    adapt_step_size: bool = _default(Proposal, "adapt_step_size")
+    target_accept: float = _default(Proposal, "target_accept")
+    adapt_rate: float = _default(Proposal, "adapt_rate")
+    mass: str = _default(Proposal, "mass")
+    max_steps: int = _default(Proposal, "max_steps")
+    learning_rate: float = _default(Proposal, "learning_rate")
 
 
 @dataclass
@@ -215,7 +228,9 @@ def validate(cfg) -> None:
     tree = OmegaConf.to_container(cfg, resolve=False)
     check_targets(tree)
     check_known_keys(tree, OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
-    _allowed("method", cfg.method.name, ("smc", "vi"))
+    from bnn_bench.methods import METHODS
+
+    _allowed("method", cfg.method.name, tuple(METHODS))
     validate_vi(cfg.vi)
     smc = cfg.smc
     _check("smc.num_particles", smc.num_particles, smc.num_particles >= 2, "an integer >= 2")
@@ -307,20 +322,3 @@ def validate_vi(vi) -> None:
     n = vi.num_predictive_samples
     _check("vi.num_predictive_samples", n, n >= 1, "an integer >= 1")
     _check("vi.init_std", vi.init_std, vi.init_std > 0, "> 0")
-
-
-def validate_against_data(cfg, num_data: int) -> None:
-    """Checks that need the training-set size N."""
-    if cfg.method.name == "vi" and cfg.vi.batch_size > num_data:
-        raise ConfigError(
-            f"vi.batch_size={cfg.vi.batch_size} is not allowed; it must be between 1 and "
-            f"N={num_data} (the training-set size of dataset={cfg.dataset.name})"
-        )
-    if cfg.method.name != "smc":
-        return
-    c = cfg.schedule.batch_size
-    if cfg.schedule.name != "full" and c > num_data:
-        raise ConfigError(
-            f"schedule.batch_size={c} is not allowed; it must be between 1 and N={num_data} "
-            f"(the training-set size of dataset={cfg.dataset.name})"
-        )

@@ -25,7 +25,7 @@ def _chunk_outputs(
         out = apply(theta, x)
         return jax.nn.log_softmax(out) if categorical else out[:, 0]
 
-    return map_particles(one, particles, particle_map=particle_map, chunk_size=particle_chunk)
+    return map_particles(one, particles, particle_map=particle_map, particle_chunk=particle_chunk)
 
 
 def particle_outputs(
@@ -33,7 +33,7 @@ def particle_outputs(
     particles: jax.Array,
     x: np.ndarray,
     *,
-    chunk_size: int = 2000,
+    eval_chunk: int = 2000,
     particle_chunk: int | None = None,
     particle_map: str = "vmap",
 ):
@@ -43,12 +43,12 @@ def particle_outputs(
         _chunk_outputs(
             posterior.apply,
             particles,
-            jnp.asarray(x[i : i + chunk_size]),
+            jnp.asarray(x[i : i + eval_chunk]),
             categorical=categorical,
             particle_chunk=particle_chunk,
             particle_map=particle_map,
         )
-        for i in range(0, len(x), chunk_size)
+        for i in range(0, len(x), eval_chunk)
     ]
     return jnp.concatenate(outs, axis=1)
 
@@ -60,7 +60,7 @@ def evaluate(
     x: np.ndarray,
     y: np.ndarray,
     *,
-    chunk_size: int = 2000,
+    eval_chunk: int = 2000,
     particle_chunk: int | None = None,
     particle_map: str = "vmap",
     num_bins: int = 15,
@@ -78,12 +78,12 @@ def evaluate(
     """
     if posterior.likelihood == "categorical":
         logp = []
-        for i in range(0, len(x), chunk_size):
+        for i in range(0, len(x), eval_chunk):
             per_particle = particle_outputs(
                 posterior,
                 particles,
-                x[i : i + chunk_size],
-                chunk_size=chunk_size,
+                x[i : i + eval_chunk],
+                eval_chunk=eval_chunk,
                 particle_chunk=particle_chunk,
                 particle_map=particle_map,
             )
@@ -97,7 +97,7 @@ def evaluate(
         posterior,
         particles,
         x,
-        chunk_size=chunk_size,
+        eval_chunk=eval_chunk,
         particle_chunk=particle_chunk,
         particle_map=particle_map,
     )

@@ -1,15 +1,49 @@
-"""Hardware set-up for one job: cores, the persistent compilation cache, devices, multi-host.
+"""Hardware set-up for one job: cores, platform, the compilation cache, devices, multi-host, and
+the job's peak memory.
 
-Called by run.py before any computation (XLA sizes its thread pools from the CPU affinity and
-reads its flags when the backend starts).
+`configure` is called by run.py before any computation (XLA sizes its thread pools from the CPU
+affinity and reads its flags when the backend starts).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from pathlib import Path
 
 from bnn_bench.errors import ConfigError
+
+
+def configure(hardware, *, job_num: int) -> list[int] | None:
+    """Cores, platform, dtype, compilation cache, multi-host and device checks from the
+    `hardware` config section; returns the pinned cores, if any."""
+    import jax
+
+    h = hardware
+    cores = pin_cores(h.cores_per_job, job_num) if h.cores_per_job else None
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no "no TPU" notices
+    platform = {"gpu": "cuda"}.get(h.platform, h.platform)
+    jax.config.update("jax_platforms", platform)
+    if h.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    if h.compilation_cache:
+        enable_compilation_cache(h.compilation_cache)
+    if h.distributed:
+        jax.distributed.initialize()  # coordinator and process ids from SLURM's environment
+    check_devices(h.devices)
+    return cores
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (ru_maxrss: KiB on Linux, bytes on macOS).
+
+    A process-wide high-water mark: in a multirun with the basic launcher (jobs share one
+    process) a job reports the largest peak of the sweep so far; measure memory in single runs."""
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
 def pin_cores(cores_per_job: int, job_num: int) -> list[int]:
@@ -39,8 +73,8 @@ def enable_compilation_cache(directory: str) -> Path:
     return path
 
 
-def check_devices(devices: int, num_particles: int) -> None:
-    """hardware.devices must exist and divide J (particles are split evenly across devices)."""
+def check_devices(devices: int) -> None:
+    """hardware.devices must exist."""
     import jax
 
     available = len(jax.devices())
@@ -48,11 +82,6 @@ def check_devices(devices: int, num_particles: int) -> None:
         raise ConfigError(
             f"hardware.devices={devices} is not allowed; this machine has {available} "
             f"{jax.default_backend()} device(s)"
-        )
-    if num_particles % devices:
-        raise ConfigError(
-            f"hardware.devices={devices} is not allowed; it must divide "
-            f"smc.num_particles={num_particles}"
         )
 
 

@@ -32,9 +32,7 @@ import numpy as np
 from bnn_bench import plots
 
 EXIT_USAGE = 2
-SCHEDULE_ORDER = ("full", "constant", "ctr", "linear", "automated", "sda", "ctr_adaptive")
 PROPOSAL_ORDER = ("hmc", "langevin")
-ALGORITHM_ORDER = ("score_prox", "advi", "gsm", "bam")
 
 
 @dataclass
@@ -77,35 +75,35 @@ def base_proposal(label: str) -> str:
 
 
 def group_key(results: dict[str, Any]) -> tuple[str, str, str, str]:
-    """(experiment, method, schedule or algorithm, proposal) of one job."""
+    """(experiment, method, variant, proposal) of one job; the method's entry in the registry
+    names its row (smc: schedule and proposal; vi: the algorithm)."""
+    from bnn_bench.methods import METHODS
+
     method = str(results.get("method") or "?")
     experiment = str(results.get("experiment") or "-")
-    if method == "smc":
-        proposal = str(results.get("proposal"))
-        if results.get("adapt_step_size"):  # a tuned move is its own row, not mixed with fixed h
-            proposal += "+adapt"
-        if results.get("mass") == "diag":
-            proposal += "+diag"
-        return experiment, method, str(results.get("schedule", "?")), proposal
-    if method == "vi":
-        return experiment, method, str(results.get("algorithm", "?")), ""
-    return experiment, method, "", ""
+    if method not in METHODS:
+        return experiment, method, "", ""
+    return experiment, method, *METHODS[method].row(results)
+
+
+def read_job(path: Path, directory: str | Path) -> Job:
+    """The job of one results.json; an unreadable or missing one becomes a failed job whose error
+    says why (never dropped)."""
+    try:
+        results = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(results, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        results = {"status": "failed", "error": f"unreadable results.json: {exc}"}
+    return Job(str(directory), results)
 
 
 def collect(sweep_dir: Path) -> list[Job]:
-    """Every results.json under `sweep_dir`, in directory order; an unreadable one becomes a
-    failed job whose error says why (never dropped)."""
-    jobs = []
-    for path in sorted(Path(sweep_dir).rglob("results.json"), key=_natural_key):
-        directory = str(path.parent.relative_to(sweep_dir)) or "."
-        try:
-            results = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(results, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as exc:
-            results = {"status": "failed", "error": f"unreadable results.json: {exc}"}
-        jobs.append(Job(directory, results))
-    return jobs
+    """Every results.json under `sweep_dir`, in directory order (see read_job)."""
+    return [
+        read_job(path, str(path.parent.relative_to(sweep_dir)) or ".")
+        for path in sorted(Path(sweep_dir).rglob("results.json"), key=_natural_key)
+    ]
 
 
 def _natural_key(path: Path) -> list:
@@ -138,12 +136,14 @@ def summarise(jobs: list[Job]) -> list[Row]:
             values = [j.results[metric] for j in row.jobs if _number(j.results.get(metric))]
             if values:
                 row.stats[metric] = _mean_std(values)
+    from bnn_bench.methods import METHODS
+
     for row in rows.values():
-        if row.method != "smc":
+        if row.method not in METHODS:
             continue
-        full = rows.get((row.experiment, "smc", "full", row.proposal)) or rows.get(
-            (row.experiment, "smc", "full", base_proposal(row.proposal))
-        )
+        candidates = METHODS[row.method].baselines(row.variant, row.proposal)
+        found = [rows.get((row.experiment, row.method, *c)) for c in candidates]
+        full = next((r for r in found if r is not None), None)
         if full is None:
             continue
         full_time, row_time = _runtime_by_seed(full.jobs), _runtime_by_seed(row.jobs)
@@ -152,7 +152,7 @@ def summarise(jobs: list[Job]) -> list[Row]:
             row.speedup = _mean_std(ratios)
 
     def sort_key(row: Row):
-        order = SCHEDULE_ORDER if row.method == "smc" else ALGORITHM_ORDER
+        order = METHODS[row.method].variant_order if row.method in METHODS else ()
         return (
             row.experiment,
             row.method,
@@ -358,7 +358,7 @@ def sweep_plots(rows: list[Row], sweep_dir: Path) -> list[Path]:
     written += [path] if path else []
     curves = []
     for row in rows:
-        if row.method != "vi":
+        if "neg_elbo" not in row.stats:  # the VI methods' objective
             continue
         for job in row.jobs + row.not_finished:
             metrics = sweep_dir / job.directory / "metrics.jsonl"

@@ -1,4 +1,5 @@
-"""Where results go: local files (metrics.jsonl, results.json, posterior.npz), W&B, a progress bar.
+"""Where results go: local files (metrics.jsonl, results.json, posterior.npz), W&B (its run and
+its names), a progress bar, and the Reporter that sends every record to all three.
 
 Files are written atomically (temporary file, fsync, rename): a results file on disk is complete
 or absent, never half-written.
@@ -258,3 +259,53 @@ class WandbRun:
         if self.run is not None:
             self.run.finish(exit_code=exit_code)
             self.run = None
+
+
+def wandb_names(
+    cfg, labels: tuple[str, ...], *, multirun: bool, sweep_dir: str
+) -> tuple[str, str, str]:
+    """W&B (group, job_type, name) of a job whose method names it by `labels` (Method.labels).
+
+    group: logger.group, else the experiment, else the sweep directory's name in a multirun (one
+    group per sweep), else "default". job_type: method/labels[0]; name: method-labels-seedN.
+    """
+    group = cfg.logger.group or cfg.experiment or (Path(sweep_dir).name if multirun else "default")
+    method = cfg.method.name
+    job_type = "/".join(str(v) for v in (method, *labels[:1]) if v)
+    parts = [method, *labels, f"seed{cfg.seed}"]
+    return str(group), job_type, "-".join(str(p) for p in parts if p)
+
+
+class Reporter:
+    """Sends every record to metrics.jsonl, W&B and the progress bar (showing `progress_key`)."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        wandb_run: WandbRun,
+        *,
+        total: int,
+        progress_key: str,
+        progress: bool = True,
+        start: int = 0,
+    ):
+        self.metrics = MetricsFile(Path(out_dir) / "metrics.jsonl")
+        self.progress = Progress(total, enabled=progress, start=start)
+        self.progress_key = progress_key
+        self.wandb = wandb_run
+        self.run_id = wandb_run.run_id
+
+    def record(self, record: dict[str, Any]) -> None:
+        self.metrics.write(record)
+        self.wandb.log(record, step=record["iter"])
+        if self.progress_key in record:
+            self.progress.update(
+                record["iter"],
+                record.get("batch_size", 0),
+                record[self.progress_key],
+                label=self.progress_key,
+            )
+
+    def close(self) -> None:
+        self.progress.close()
+        self.metrics.close()

@@ -81,7 +81,9 @@ def gradient_paths(
 
     single = jax.jit(vg)
     naive = jax.jit(jax.vmap(vg))
-    batched = jax.jit(lambda th: map_particles(vg, th, particle_map=particle_map, chunk_size=chunk))
+    batched = jax.jit(
+        lambda th: map_particles(vg, th, particle_map=particle_map, particle_chunk=chunk)
+    )
 
     def particles(j):
         return jax.random.normal(jax.random.key(j), (j, post.dim)) * post.prior_std

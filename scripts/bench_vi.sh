@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The docs/results/vi.md benchmark: 4 algorithms x 3 seeds, one run at a time, under nice.
+# The docs/results/vi.md benchmark: 4 algorithms x 3 seeds, one run at a time, under nice;
+# then bnn-bench-report writes the table and the neg_elbo-vs-time plot into $OUT.
 # Iterations per algorithm give each about the same wall-clock training budget (75 s here),
 # from per-iteration times measured on this machine (see docs/results/vi.md).
 set -euo pipefail
@@ -12,3 +13,4 @@ for seed in 0 1 2; do
       logger=none progress=false "hydra.run.dir=$OUT/$algorithm/$seed" 2>&1 | grep "done"
   done
 done
+.venv/bin/bnn-bench-report "$OUT"

@@ -22,7 +22,7 @@ def cli_env(**changes: str | None) -> dict[str, str]:
     return env
 
 
-CLI = [sys.executable, "-m", "bnn_bench.run"]
+CLI = [sys.executable, "-m", "bnn_bench.cli"]
 
 
 def cli(

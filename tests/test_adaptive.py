@@ -134,7 +134,7 @@ def blr_run(plan, proposal, *, num_particles=256, seed=0, sync_every=10, n=300, 
         log_target = make_log_target(post, n, terms=True)
     state = sampler.init(jax.random.key(seed), post.prior_std, post.log_prior, num_particles)
     records = []
-    run_state, status, counts = loop.run_scheduled(
+    run_state, status, counts = loop.run(
         jax.random.key(seed + 1),
         sampler.init_run(state, plan, proposal),
         jnp.asarray(x),
@@ -165,9 +165,9 @@ def test_sda_stops_early_with_exact_iterations_whatever_the_sync_interval():
 
 
 def count_compiles(plan):
-    before = sampler.scheduled_step._cache_size()
+    before = sampler.step._cache_size()
     blr_run(plan, Proposal(1, 1e-3), num_particles=4, n=1000, c=100, fresh=True)
-    return sampler.scheduled_step._cache_size() - before
+    return sampler.step._cache_size() - before
 
 
 @pytest.mark.parametrize("name", ["automated", "ctr_adaptive"])

@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from bnn_bench.config import validate
-from bnn_bench.run import CONFIG_DIR
+from bnn_bench.preflight import CONFIG_DIR
 
 GROUPS = {
     "method": {"smc"},
@@ -82,7 +82,11 @@ def test_a_preset_overrides_the_primary_config(composer):
 
 
 def test_wandb_group_and_job_type(composer):
-    from bnn_bench.run import wandb_names
+    from bnn_bench.methods import METHODS
+    from bnn_bench.tracking import wandb_names as names
+
+    def wandb_names(cfg, **kw):
+        return names(cfg, METHODS[cfg.method.name].labels(cfg), **kw)
 
     cfg = composer("schedule=full", "seed=3")
     assert wandb_names(cfg, multirun=False, sweep_dir="x") == (
@@ -97,10 +101,13 @@ def test_wandb_group_and_job_type(composer):
     assert wandb_names(cfg, multirun=True, sweep_dir="s")[0] == "fmnist_cnn_reduced"
     cfg = composer("experiment=fmnist_cnn_reduced", "logger.group=mine")
     assert wandb_names(cfg, multirun=True, sweep_dir="s")[0] == "mine"
+    # VI jobs are named after the algorithm
+    cfg = composer("method=vi", "vi.algorithm=advi", "seed=1")
+    assert wandb_names(cfg, multirun=False, sweep_dir="x")[1:] == ("vi/advi", "vi-advi-seed1")
 
 
 def test_particle_map_auto_unrolls_convolutions_on_cpu_only(composer):
-    from bnn_bench.run import particle_map
+    from bnn_bench.build import particle_map
 
     assert particle_map(composer()) == "vmap"
     assert particle_map(composer("model=cnn")) == "unroll"
@@ -129,12 +136,36 @@ def test_adaptive_keys_are_validated(composer, override, message):
 
 
 def test_adaptive_plan_and_proposal_from_config(composer):
-    from bnn_bench.run import proposal_from_config, schedule_plan
+    from bnn_bench.build import proposal as proposal_from_config
+    from bnn_bench.build import schedule_plan
+    from bnn_bench.inference.smc.schedules import refine_iterations
 
     cfg = composer("schedule=ctr_adaptive", "smc.num_iterations=80", "proposal=chees")
     plan = schedule_plan(cfg, 1000)
-    assert (plan.name, plan.refine_iterations, plan.num_data) == ("ctr_adaptive", 8, 1000)
-    assert schedule_plan(composer("schedule.refine_iterations=3"), 10).refine_iterations == 3
+    assert (plan.name, refine_iterations(plan), plan.num_data) == ("ctr_adaptive", 8, 1000)
+    assert refine_iterations(schedule_plan(composer("schedule.refine_iterations=3"), 10)) == 3
     proposal = proposal_from_config(cfg)
     assert proposal.name == "chees" and proposal.adaptive
     assert not proposal_from_config(composer()).adaptive
+
+
+def test_library_defaults_are_the_clis(composer):
+    # The schema takes its defaults from the library's NamedTuples and no yaml option restates
+    # them differently: what a test gets from the library is what a user gets from the CLI.
+    from bnn_bench import build
+    from bnn_bench.inference.smc.proposals import Proposal
+    from bnn_bench.inference.smc.sampler import SMCConfig
+    from bnn_bench.inference.smc.schedules import SchedulePlan
+    from bnn_bench.inference.vi.family import VIConfig
+
+    cfg = composer()
+    smc = build.smc_config(cfg)
+    assert smc._replace(proposal=None, particle_map="vmap") == SMCConfig(None)
+    assert build.proposal(cfg) == Proposal(cfg.proposal.num_steps, cfg.proposal.step_size)
+    plan = build.schedule_plan(cfg, 1000)
+    assert plan == SchedulePlan("ctr", 1000, cfg.smc.num_iterations, cfg.schedule.batch_size)
+    vi = build.vi_config(composer("method=vi"), 1000)
+    assert vi._replace(sample_map="scan") == VIConfig()
+    for option in ("hmc", "langevin", "chees"):
+        p = build.proposal(composer(f"proposal={option}"))
+        assert p._replace(num_steps=0, step_size=0.0, name="") == Proposal(0, 0.0, name="")

@@ -280,7 +280,7 @@ def test_tiny_preset_multirun_then_report(tmp_path):
     hydra.sweeper.params from the preset chosen on the command line), then the report."""
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
-        [*REPORT[:2], "bnn_bench.run", "-m", "experiment=smoke_sweep", f"hydra.sweep.dir={sweep}"],
+        [*REPORT[:2], "bnn_bench.cli", "-m", "experiment=smoke_sweep", f"hydra.sweep.dir={sweep}"],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -66,17 +66,18 @@ def count_compiles(schedule: str, num_iterations: int) -> int:
     # A fresh log_target per call gives fresh jit cache entries to count.
     lt = make_log_target(post, n)
     bucket_sizes = schedules.buckets(n, 100)
-    sz = schedules.batch_sizes(schedule, num_data=n, num_iterations=num_iterations, batch_size=100)
+    plan = schedules.SchedulePlan(schedule, n, num_iterations, 100)
+    config = sampler.SMCConfig(Proposal(1, 1e-3))
     state = sampler.init(jax.random.key(0), post.prior_std, post.log_prior, 4)
     before = sampler.step._cache_size()
     loop.run(
         jax.random.key(1),
-        state,
+        sampler.init_run(state, plan, config.proposal),
         x,
         y,
-        sz,
         log_target=lt,
-        config=sampler.SMCConfig(Proposal(1, 1e-3)),
+        config=config,
+        plan=plan,
         bucket_sizes=bucket_sizes,
     )
     return sampler.step._cache_size() - before

@@ -9,6 +9,7 @@ import pytest
 
 from bnn_bench.inference.smc import loop, sampler, schedules
 from bnn_bench.inference.smc.proposals import Proposal, leapfrog_move
+from bnn_bench.inference.smc.schedules import SchedulePlan
 from bnn_bench.models import build_model
 from bnn_bench.posterior import make_log_target, make_posterior
 
@@ -29,19 +30,36 @@ def blr_posterior(x, noise=0.5):
     return make_posterior(model, jnp.asarray(x), likelihood="gaussian", noise_std=noise)
 
 
-def run_sampler(post, x, y, sizes, *, config, num_particles, seed=0, bucket_sizes=None):
+def full_plan(n, k):
+    return SchedulePlan("full", num_data=n, num_iterations=k, batch_size=n)
+
+
+def run_sampler(post, x, y, plan, *, config, num_particles, seed=0, bucket_sizes=None, **kw):
+    """(final SMCState, status) of a run of `plan` (fixed schedules: a stateless schedule)."""
     n = len(x)
     state = sampler.init(jax.random.key(seed), post.prior_std, post.log_prior, num_particles)
-    return loop.run(
+    run_state, status, _ = loop.run(
         jax.random.key(seed + 1),
-        state,
+        sampler.init_run(state, plan, config.proposal),
         jnp.asarray(x),
         jnp.asarray(y),
-        sizes,
         log_target=make_log_target(post, n),
         config=config,
+        plan=plan,
         bucket_sizes=bucket_sizes or (n,),
+        **kw,
     )
+    return run_state.smc, status
+
+
+def one_step(key, state, x, y, batch_size, *, log_target, config, bucket):
+    """One iteration of a constant schedule of `batch_size` rows from an SMCState."""
+    plan = SchedulePlan("constant", num_data=x.shape[0], num_iterations=1, batch_size=batch_size)
+    run_state = sampler.init_run(state, plan, config.proposal)
+    new, info = sampler.step(
+        key, run_state, x, y, log_target=log_target, config=config, plan=plan, bucket=bucket
+    )
+    return new.smc, info.smc
 
 
 @pytest.mark.parametrize("weights", ["energy", "annealed"])
@@ -51,7 +69,9 @@ def test_full_batch_smc_matches_conjugate_posterior(weights):
     x, y, mean, sd = linear_regression()
     post = blr_posterior(x)
     config = sampler.SMCConfig(Proposal(num_steps=3, step_size=0.01), weights=weights)
-    state, status = run_sampler(post, x, y, [len(x)] * 200, config=config, num_particles=1024)
+    state, status = run_sampler(
+        post, x, y, full_plan(len(x), 200), config=config, num_particles=1024
+    )
     assert status == "finished"
     m, s = sampler.weighted_moments(state)
     np.testing.assert_array_less(np.abs((np.asarray(m) - mean) / sd), 0.1)
@@ -62,12 +82,10 @@ def test_minibatch_ctr_ends_near_the_posterior():
     # Constant-to-refine: 150 minibatch iterations (C = 50 of N = 300) then 50 full-batch ones.
     x, y, mean, sd = linear_regression()
     post = blr_posterior(x)
-    sizes = schedules.batch_sizes(
-        "ctr", num_data=300, num_iterations=200, batch_size=50, refine_at=0.75
-    )
+    plan = SchedulePlan("ctr", num_data=300, num_iterations=200, batch_size=50, refine_at=0.75)
     config = sampler.SMCConfig(Proposal(3, 0.01))
     state, _ = run_sampler(
-        post, x, y, sizes, config=config, num_particles=512, bucket_sizes=schedules.buckets(300, 50)
+        post, x, y, plan, config=config, num_particles=512, bucket_sizes=schedules.buckets(300, 50)
     )
     m, s = sampler.weighted_moments(state)
     np.testing.assert_array_less(np.abs((np.asarray(m) - mean) / sd), 0.25)
@@ -107,7 +125,7 @@ def test_huge_step_size_drops_particles_and_reports_divergence():
     x, y, _, _ = linear_regression()
     post = blr_posterior(x)
     config = sampler.SMCConfig(Proposal(3, 50.0))
-    state, status = run_sampler(post, x, y, [len(x)] * 5, config=config, num_particles=16)
+    state, status = run_sampler(post, x, y, full_plan(len(x), 5), config=config, num_particles=16)
     assert status == "diverged"
     assert np.all(np.isfinite(np.asarray(state.particles)))  # divergent moves are not kept
 
@@ -119,13 +137,12 @@ def test_divergent_particles_get_zero_weight():
     state = sampler.init(jax.random.key(0), post.prior_std, post.log_prior, 8)
     state = state._replace(particles=state.particles.at[3].set(jnp.nan))
     config = sampler.SMCConfig(Proposal(3, 0.001), resample_threshold=0.0)
-    n = jnp.asarray(len(x))
-    new, info = sampler.step(
+    new, info = one_step(
         jax.random.key(1),
         state,
         jnp.asarray(x),
         jnp.asarray(y),
-        n,
+        len(x),
         log_target=lt,
         config=config,
         bucket=len(x),
@@ -167,33 +184,38 @@ def test_particle_maps_give_the_same_step(particle_map, chunk):
     post = blr_posterior(x)
     lt = make_log_target(post, len(x))
     state = sampler.init(jax.random.key(0), post.prior_std, post.log_prior, 8)
-    args = (jax.random.key(1), state, jnp.asarray(x), jnp.asarray(y), jnp.asarray(30))
+    args = (jax.random.key(1), state, jnp.asarray(x), jnp.asarray(y), 30)
 
     def step(**kw):
         config = sampler.SMCConfig(Proposal(3, 0.01), **kw)
-        return sampler.step(*args, log_target=lt, config=config, bucket=30)
+        return one_step(*args, log_target=lt, config=config, bucket=30)
 
-    ref, ref_info = step(particle_map="vmap", chunk_size=1)
-    got, info = step(particle_map=particle_map, chunk_size=chunk)
+    ref, ref_info = step(particle_map="vmap", particle_chunk=1)
+    got, info = step(particle_map=particle_map, particle_chunk=chunk)
     np.testing.assert_allclose(got.particles, ref.particles, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.log_weights, ref.log_weights, rtol=1e-4, atol=1e-4)
     assert float(info.ess) == pytest.approx(float(ref_info.ess), rel=1e-4)
 
 
 def test_a_resumed_loop_continues_exactly():
-    # Stopping at iteration 6 and resuming from the state there (start=6) gives the same particles
-    # as the uninterrupted 12-iteration run: iteration k's randomness depends only on (key, k).
+    # Stopping at iteration 6 and resuming from the state there gives the same particles as the
+    # uninterrupted 12-iteration run: iteration k's randomness depends only on (key, k).
     x, y, _, _ = linear_regression(n=80)
     post = blr_posterior(x)
     cfg = sampler.SMCConfig(Proposal(2, 0.01))
-    sizes = [20] * 8 + [80] * 4
-    common = dict(log_target=make_log_target(post, len(x)), config=cfg, bucket_sizes=(20, 80))
+    plan = SchedulePlan("ctr", num_data=80, num_iterations=12, batch_size=20, refine_at=8 / 12)
+    assert schedules.fixed_batch_sizes(plan).tolist() == [20] * 8 + [80] * 4
+    common = dict(
+        log_target=make_log_target(post, len(x)), config=cfg, plan=plan, bucket_sizes=(20, 80)
+    )
     key = jax.random.key(1)
-    args = (jnp.asarray(x), jnp.asarray(y), sizes)
-    start = sampler.init(jax.random.key(0), post.prior_std, post.log_prior, 8)
+    args = (jnp.asarray(x), jnp.asarray(y))
+    start = sampler.init_run(
+        sampler.init(jax.random.key(0), post.prior_std, post.log_prior, 8), plan, cfg.proposal
+    )
 
-    full, status = loop.run(key, start, *args, **common)
-    assert status == "finished"
+    full, status, counts = loop.run(key, start, *args, **common)
+    assert status == "finished" and counts["iterations"] == 12
 
     saved, records = {}, []
 
@@ -203,27 +225,29 @@ def test_a_resumed_loop_continues_exactly():
             saved[record["iter"]] = st
 
     requested = iter([False] * 5 + [True])
-    half, status = loop.run(
+    half, status, half_counts = loop.run(
         key, start, *args, **common, callback=keep, should_stop=lambda: next(requested)
     )
     assert status == "interrupted" and [r["iter"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert list(saved) == [6]
-    grads, elapsed = records[-1]["example_grads"], records[-1]["time_s"]
+    elapsed = records[-1]["time_s"]
     more = []
-    resumed, status = loop.run(
+    resumed, status, _ = loop.run(
         key,
         saved[6],
         *args,
         **common,
         callback=lambda r, s: more.append(r),
-        start=6,
-        example_grads=grads,
+        counts=half_counts,
         elapsed=elapsed,
     )
     assert status == "finished" and [r["iter"] for r in more] == list(range(7, 13))
+    sizes = schedules.fixed_batch_sizes(plan)
     assert more[-1]["example_grads"] == 8 * 3 * sum(sizes) and more[0]["time_s"] >= elapsed
-    np.testing.assert_array_equal(np.asarray(resumed.particles), np.asarray(full.particles))
-    np.testing.assert_array_equal(np.asarray(resumed.log_weights), np.asarray(full.log_weights))
+    np.testing.assert_array_equal(np.asarray(resumed.smc.particles), np.asarray(full.smc.particles))
+    np.testing.assert_array_equal(
+        np.asarray(resumed.smc.log_weights), np.asarray(full.smc.log_weights)
+    )
 
 
 @pytest.mark.parametrize("num_steps", [1, 3])
@@ -275,8 +299,16 @@ def test_data_chunks_bound_a_full_batch_steps_memory_in_n():
     def scratch_mb(n, chunk):
         x, y = jnp.zeros((n, 64)), jnp.zeros(n, jnp.int32)
         config = sampler.SMCConfig(Proposal(3, 1e-3), data_chunk=chunk)
+        plan = full_plan(n, 1)
         lowered = sampler.step.lower(
-            jax.random.key(1), state, x, y, jnp.asarray(n), log_target=lt, config=config, bucket=n
+            jax.random.key(1),
+            sampler.init_run(state, plan, config.proposal),
+            x,
+            y,
+            log_target=lt,
+            config=config,
+            plan=plan,
+            bucket=n,
         )
         return lowered.compile().memory_analysis().temp_size_in_bytes / 2**20
 
@@ -292,7 +324,9 @@ def test_a_data_chunked_step_moves_particles_as_the_whole_batch_does():
     got = {}
     for chunk in (None, 64):
         config = sampler.SMCConfig(Proposal(3, 0.01), data_chunk=chunk)
-        state, status = run_sampler(post, x, y, [len(x)] * 4, config=config, num_particles=8)
+        state, status = run_sampler(
+            post, x, y, full_plan(len(x), 4), config=config, num_particles=8
+        )
         assert status == "finished"
         got[chunk] = state
     np.testing.assert_allclose(got[64].particles, got[None].particles, rtol=1e-4, atol=1e-5)

@@ -109,6 +109,12 @@ class Dataset:
         """Std the regression targets were divided by (1 when they are not standardised)."""
         return float(self.standardization.get("y_std") or 1.0)
 
+    def standardization_arrays(self) -> dict[str, np.ndarray]:
+        """The means and stds the data was standardised with, as posterior.npz stores them."""
+        s = self.standardization
+        keys = ("x_mean", "x_std", "y_mean", "y_std")
+        return {k: np.asarray(s[k], np.float64) for k in keys if s.get(k) is not None}
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one input: (d,) in the flat layout, (H, W, C) in the image layout."""

@@ -129,6 +129,11 @@ def _algorithm(config: HMCConfig):
     return blackjax.hmc, {"num_integration_steps": config.num_integration_steps}
 
 
+def initial_state(position: jax.Array, log_density: Callable, config: HMCConfig):
+    """The blackjax state of one chain at `position` (the structure warmup returns)."""
+    return _algorithm(config)[0].init(position, log_density)
+
+
 def warmup(
     rng_key: jax.Array, log_density: Callable, positions: jax.Array, config: HMCConfig
 ) -> tuple[Chains, ChunkInfo]:

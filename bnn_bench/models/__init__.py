@@ -158,9 +158,7 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "linear": ModelSpec(lambda num_outputs, **_: Linear(num_outputs), "flat"),
-    "mlp": ModelSpec(
-        lambda num_outputs, hidden=(64,), **_: MLP(tuple(hidden), num_outputs), "flat"
-    ),
+    "mlp": ModelSpec(lambda num_outputs, hidden, **_: MLP(tuple(hidden), num_outputs), "flat"),
     "lenet5": ModelSpec(lambda num_outputs, **_: LeNet5(num_outputs), "image"),
     "cnn": ModelSpec(lambda num_outputs, **_: CNN(num_outputs), "image"),
     "resnet18": ModelSpec(lambda num_outputs, **_: ResNet18(num_outputs), "image"),

@@ -65,7 +65,7 @@ class SMCConfig(NamedTuple):
     resample_threshold: float = 0.5
     resampler: str = "systematic"
     weights: str = "energy"
-    chunk_size: int | None = None  # particles moved at once (memory bound); None = all
+    particle_chunk: int | None = None  # particles moved at once (memory bound); None = all
     particle_map: str = "vmap"  # vmap (dense models) | unroll (convolutions on CPU)
     data_chunk: int | None = None  # batch rows per gradient evaluation (memory bound); None = all
 
@@ -88,25 +88,6 @@ def select_batch(rng_key: jax.Array, num_data: int, bucket: int, batch_size: jax
         idx = jax.random.permutation(rng_key, num_data)[:bucket]
     mask = jnp.arange(idx.shape[0]) < batch_size
     return idx, mask
-
-
-@partial(jax.jit, static_argnames=("log_target", "config", "bucket"))
-def step(
-    rng_key: jax.Array,
-    state: SMCState,
-    x: jax.Array,
-    y: jax.Array,
-    batch_size: jax.Array,
-    *,
-    log_target: Callable,
-    config: SMCConfig,
-    bucket: int,
-) -> tuple[SMCState, SMCInfo]:
-    """One SMC iteration on a fresh batch of `batch_size` (traced) rows padded to `bucket`."""
-    new_state, info, _ = _step(
-        rng_key, state, x, y, batch_size, log_target=log_target, config=config, bucket=bucket
-    )
-    return new_state, info
 
 
 class MoveStats(NamedTuple):
@@ -137,7 +118,7 @@ def _step(
     inverse_mass=None,
     with_terms: bool = False,
 ) -> tuple[SMCState, SMCInfo, MoveStats]:
-    """The SMC iteration itself (traced inside `step` and `scheduled_step`).
+    """The SMC iteration itself (traced inside `step`).
 
     With `with_terms`, `log_target` returns (l_B, per-example log-likelihoods of the padded batch,
     0 on padded rows); the per-example terms feed the automated schedule's noise estimate.
@@ -168,7 +149,7 @@ def _step(
         move_one,
         (keys, state.particles),
         particle_map=config.particle_map,
-        chunk_size=config.chunk_size,
+        particle_chunk=config.particle_chunk,
     )
 
     increment = moved.log_weight_increment
@@ -312,12 +293,12 @@ def _likelihood_stats(moved, mask, batch_size, num_data, finite, weights, with_t
 
 
 # ---------------------------------------------------------------------------------------------
-# Adaptive runs: schedule state and proposal tuning carried on the device between steps
+# The step: schedule state and proposal tuning carried on the device between iterations
 # ---------------------------------------------------------------------------------------------
 
 
 class RunState(NamedTuple):
-    """Everything an adaptive run carries from one iteration to the next (a pytree)."""
+    """Everything a run carries from one iteration to the next (a pytree)."""
 
     smc: SMCState
     schedule: ScheduleState
@@ -325,7 +306,10 @@ class RunState(NamedTuple):
 
 
 class StepInfo(NamedTuple):
-    """SMCInfo plus what the schedule and the proposal tuning did (device scalars)."""
+    """SMCInfo plus what the schedule and the proposal tuning did (device scalars).
+
+    The statistics (noise, entropy, log_likelihood, accept_mean) are NaN when nothing reads them
+    (`reads_statistics` is False): the step then does not compute them."""
 
     smc: SMCInfo
     active: jax.Array  # False: the step did nothing (stopped, or its bucket was too small)
@@ -345,24 +329,25 @@ def init_run(smc_state: SMCState, plan: SchedulePlan, proposal: Proposal) -> Run
     return RunState(smc_state, schedules.init_state(plan), init_tuning(proposal))
 
 
+def reads_statistics(plan: SchedulePlan, proposal: Proposal) -> bool:
+    """Whether the schedule or the move tuning reads the step's statistics.
+
+    A fixed schedule with a fixed move reads none, so its step computes neither the per-example
+    terms nor the cloud statistics (the cost of the stateless case stays what it was)."""
+    return plan.name in schedules.ADAPTIVE_SCHEDULES or proposal.adaptive
+
+
 def scheduled_batch_size(plan: SchedulePlan, schedule: ScheduleState) -> jax.Array:
     """M_k for the coming iteration: from the schedule state (adaptive) or from k (fixed)."""
     if plan.name in schedules.ADAPTIVE_SCHEDULES:
         return schedule.batch_size
     k = schedule.iteration + 1
-    sizes = schedules.batch_sizes(
-        plan.name,
-        num_data=plan.num_data,
-        num_iterations=plan.num_iterations,
-        batch_size=plan.batch_size,
-        refine_at=plan.refine_at,
-        slope=plan.slope,
-    )
+    sizes = schedules.fixed_batch_sizes(plan)
     return jnp.asarray(sizes, jnp.int32)[jnp.minimum(k, plan.num_iterations) - 1]
 
 
 @partial(jax.jit, static_argnames=("log_target", "config", "plan", "bucket"))
-def scheduled_step(
+def step(
     rng_key: jax.Array,
     run_state: RunState,
     x: jax.Array,
@@ -373,9 +358,11 @@ def scheduled_step(
     plan: SchedulePlan,
     bucket: int,
 ) -> tuple[RunState, StepInfo]:
-    """One iteration of an adaptive run: batch size and move tuning come from device state.
+    """One SMC iteration: the batch size and the move's tuning come from device state.
 
-    `log_target` returns (l_B, per-example terms) (posterior.make_log_target(..., terms=True)).
+    Fixed schedules are the stateless case: M_k is a function of the iteration count k, the
+    schedule state only counts. When `reads_statistics(plan, config.proposal)`, `log_target`
+    must return (l_B, per-example terms) (posterior.make_log_target(..., terms=True)).
     The step is a no-op (state unchanged, `active` False) when the schedule has stopped or asks for
     more rows than `bucket`: the host loop then moves to the bucket the schedule needs at its next
     sync, so the result never depends on how often the host syncs. The iteration's key is
@@ -387,10 +374,12 @@ def scheduled_step(
     active = (m <= bucket) & ~sched.stopped & (k <= plan.num_iterations)
     m_used = jnp.minimum(m, bucket)
     proposal = config.proposal
-    h, n = move_parameters(proposal, tuning)
-    inverse_mass = None
-    if proposal.mass == "diag":
-        inverse_mass = diagonal_inverse_mass(smc_state.particles, smc_state.log_weights)
+    statistics = reads_statistics(plan, proposal)
+    h, n, inverse_mass = None, None, None  # the static proposal's h and S
+    if statistics:
+        h, n = move_parameters(proposal, tuning)
+        if proposal.mass == "diag":
+            inverse_mass = diagonal_inverse_mass(smc_state.particles, smc_state.log_weights)
     new_smc, info, stats = _step(
         jax.random.fold_in(rng_key, k),
         smc_state,
@@ -403,7 +392,7 @@ def scheduled_step(
         step_size=h,
         num_steps=n,
         inverse_mass=inverse_mass,
-        with_terms=True,
+        with_terms=statistics,
     )
     if plan.name in schedules.ADAPTIVE_SCHEDULES:
         sched_stats = ScheduleStats(stats.noise, stats.entropy, stats.log_likelihood)
@@ -413,21 +402,24 @@ def scheduled_step(
             iteration=jnp.asarray(k, jnp.int32), stopped=k >= plan.num_iterations
         )
         new_sched = new_sched._replace(batch_size=scheduled_batch_size(plan, new_sched))
-    new_tuning = adapt(
-        proposal,
-        tuning,
-        num_steps=n,
-        accept=stats.accept,
-        finite=stats.finite,
-        initial_positions=stats.initial,
-        positions=stats.moved,
-        momenta=stats.momenta,
-        inverse_mass=jnp.ones(smc_state.particles.shape[1])
-        if inverse_mass is None
-        else inverse_mass,
-    )
+    new_tuning = tuning
+    if statistics:
+        new_tuning = adapt(
+            proposal,
+            tuning,
+            num_steps=n,
+            accept=stats.accept,
+            finite=stats.finite,
+            initial_positions=stats.initial,
+            positions=stats.moved,
+            momenta=stats.momenta,
+            inverse_mass=jnp.ones(smc_state.particles.shape[1])
+            if inverse_mass is None
+            else inverse_mass,
+        )
     new_run = RunState(new_smc, new_sched, new_tuning)
     out = jax.tree.map(lambda a, b: jnp.where(active, a, b), new_run, run_state)
+    nan = jnp.asarray(jnp.nan, jnp.float32)
     step_info = StepInfo(
         smc=info,
         active=active,
@@ -435,12 +427,12 @@ def scheduled_step(
         batch_size=m_used,
         next_batch_size=out.schedule.batch_size,
         stopped=out.schedule.stopped,
-        step_size=jnp.asarray(h, jnp.float32),
-        num_steps=jnp.asarray(n, jnp.int32),
-        noise=stats.noise,
-        entropy=stats.entropy,
-        log_likelihood=stats.log_likelihood,
-        accept_mean=jnp.mean(stats.accept),
+        step_size=jnp.asarray(proposal.step_size if h is None else h, jnp.float32),
+        num_steps=jnp.asarray(proposal.num_steps if n is None else n, jnp.int32),
+        noise=stats.noise if statistics else nan,
+        entropy=stats.entropy if statistics else nan,
+        log_likelihood=stats.log_likelihood if statistics else nan,
+        accept_mean=jnp.mean(stats.accept) if statistics else nan,
     )
     return out, step_info
 

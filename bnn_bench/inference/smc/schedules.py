@@ -85,7 +85,9 @@ def bucket_for(size: int, bucket_sizes: tuple[int, ...]) -> int:
 
 
 class SchedulePlan(NamedTuple):
-    """Static settings of an adaptive schedule (hashable: part of the jit cache key)."""
+    """Static settings of a schedule, fixed or adaptive (hashable: part of the jit cache key).
+
+    No defaults: every value comes from the config (bnn_bench/config.py holds the defaults)."""
 
     name: str
     num_data: int  # N
@@ -95,11 +97,31 @@ class SchedulePlan(NamedTuple):
     entropy_tol: float = 0.01  # sda (and signal=entropy): |H_k - H_{k-w}| / D
     window: int = 5  # w
     growth: float = 2.0  # M <- min(N, ceil(growth * M))
-    refine_iterations: int = 8  # ctr_adaptive: full-batch iterations after the switch
+    refine_iterations: int | None = None  # ctr_adaptive: full-batch iterations after the
+    # switch; None: K - floor(refine_at K), as ctr
     signal: str = "loglik"  # ctr_adaptive's switch signal, one of SIGNALS
     loglik_tol: float = 0.01  # signal=loglik: nats per example gained over the last window
     refine_at: float = 0.9  # r of the fixed schedules (ctr, linear)
     slope: float | None = None  # kappa of linear
+
+
+def refine_iterations(plan: SchedulePlan) -> int:
+    """ctr_adaptive's full-batch iterations after the switch (None: K - floor(r K), as ctr)."""
+    if plan.refine_iterations is not None:
+        return plan.refine_iterations
+    return max(1, plan.num_iterations - refine_start(plan.num_iterations, plan.refine_at))
+
+
+def fixed_batch_sizes(plan: SchedulePlan) -> np.ndarray:
+    """M_k for k = 1..K of a fixed schedule's plan."""
+    return batch_sizes(
+        plan.name,
+        num_data=plan.num_data,
+        num_iterations=plan.num_iterations,
+        batch_size=plan.batch_size,
+        refine_at=plan.refine_at,
+        slope=plan.slope,
+    )
 
 
 class ScheduleState(NamedTuple):
@@ -203,7 +225,7 @@ def next_batch_size(plan: SchedulePlan, state: ScheduleState, stats: ScheduleSta
         new_m = jnp.where(grow, _grow(m, plan.growth, n), m)
         keep.update(history=history, count=jnp.where(grow, 0, count))
     elif plan.name == "ctr_adaptive":
-        refine = min(plan.refine_iterations, plan.num_iterations)
+        refine = min(refine_iterations(plan), plan.num_iterations)
         signal_value = {
             "entropy": stats.entropy,
             "loglik": stats.log_likelihood,

@@ -23,13 +23,16 @@ SAMPLE_MAPS = ("scan", "unroll")
 
 
 class VIConfig(NamedTuple):
-    """Static settings shared by the VI algorithms (hashable: part of the jit cache key)."""
+    """Static settings shared by the VI algorithms (hashable: part of the jit cache key).
 
-    num_samples: int = 8  # S, samples of q per iteration
+    These defaults are the CLI's too: the config schema (bnn_bench/config.py) takes them from
+    here."""
+
+    num_samples: int = 4  # S, samples of q per iteration
     batch_size: int = 100  # M, rows per minibatch score (>= N: the full data)
     prox_weight: float = 1.0  # rho_0: proximal (KL) weight at t = 0
-    prox_growth: float = 0.1  # rho_1: rho_t = rho_0 + rho_1 t
-    inner_steps: int = 3  # closed-form alternations (diag) or optimizer steps (lowrank)
+    prox_growth: float = 1.0  # rho_1: rho_t = rho_0 + rho_1 t
+    inner_steps: int = 10  # closed-form alternations (diag) or optimizer steps (lowrank)
     learning_rate: float = 1e-3  # Adam step (advi; score_prox lowrank inner steps)
     family: str = "diag"
     rank: int = 0

@@ -1,18 +1,20 @@
-"""The VI run loop: T iterations of one algorithm, reporting through a callback.
+"""The VI run: one algorithm's `step` driven by the shared host loop (inference/driver.py).
 
-As in the SMC loop, steps are dispatched asynchronously and the host fetches their small info
-records only every `sync_every` iterations (and when the callback needs the state).
+What is VI's own here: the per-iteration record (info -> record, with the example-gradient count)
+and the divergence rule (the update was rejected as non-finite `max_rejected` times in a row).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from types import ModuleType
 
 import jax
 
+from bnn_bench.inference import driver
 from bnn_bench.inference.vi.family import VIConfig
+
+MAX_REJECTED = 10  # non-finite updates in a row that end a run as diverged
 
 
 def run(
@@ -27,58 +29,62 @@ def run(
     config: VIConfig,
     callback: Callable | None = None,
     sync_every: int = 10,
-    state_at: Callable[[int], bool] | None = None,
+    state_every: int = 0,
     should_stop: Callable[[], bool] | None = None,
-    max_rejected: int = 10,  # run.py's message quotes this number
+    max_rejected: int = MAX_REJECTED,
     start: int = 0,
     example_grads: int = 0,
     elapsed: float = 0.0,
     rejected_run: int = 0,
 ):
-    """Run steps start+1 .. num_iterations; returns (state, "finished" | "diverged" | "stopped"
-    | "interrupted").
+    """Run steps start+1 .. num_iterations; returns (state, status) with the statuses of
+    `driver.run` ("diverged": the update was non-finite and rejected `max_rejected` times in a
+    row).
 
-    `callback(record, state)` gets one record per iteration (iter, batch_size, neg_elbo,
-    score_loss, rejected, rejected_run, time_s, example_grads); `state` is passed at the last
-    iteration, where `state_at(iteration)` is true and when `should_stop()` turns true, None
-    otherwise. A callback returning True stops the run. "diverged": the update was non-finite
-    (and rejected) `max_rejected` times in a row. Step k's randomness is fold_in(rng_key, k): a
-    run resumed with `start`, the state there and the counters continues exactly.
+    Records: iter, batch_size, neg_elbo, score_loss, rejected, rejected_run, time_s,
+    example_grads. Step k's randomness is fold_in(rng_key, k): a run resumed with `start`, the
+    state there and the counters continues exactly.
     """
     batch = min(config.batch_size, x.shape[0])
-    pending = []
-    t0 = time.perf_counter() - elapsed
-    for k in range(start + 1, num_iterations + 1):
-        state, info = algorithm.step(
-            jax.random.fold_in(rng_key, k), state, x, y, log_target=log_target, config=config
-        )
-        pending.append((k, info))
-        stopping = should_stop is not None and should_stop()
-        wants_state = k == num_iterations or stopping or (state_at is not None and state_at(k))
-        if not (wants_state or k % sync_every == 0):
-            continue
-        infos = jax.device_get([p[1] for p in pending])
-        elapsed = time.perf_counter() - t0
-        for (it, _), inf in zip(pending, infos, strict=True):
-            example_grads += config.num_samples * batch
-            record = {
-                "iter": it,
-                "batch_size": batch,
-                "neg_elbo": float(inf.neg_elbo),
-                "score_loss": float(inf.score_loss),
-                "rejected": bool(inf.rejected),
-                "time_s": elapsed,
-                "example_grads": example_grads,
-            }
-            rejected_run = rejected_run + 1 if record["rejected"] else 0
-            record["rejected_run"] = rejected_run
-            last = it == pending[-1][0]
-            stop = callback(record, state if (last and wants_state) else None) if callback else None
-            if rejected_run >= max_rejected:
-                return state, "diverged"
-            if stop:
-                return state, "stopped"
-        pending.clear()
-        if stopping:
-            return state, "interrupted"
-    return state, "finished"
+    counters = {"iteration": start, "example_grads": example_grads, "rejected_run": rejected_run}
+
+    def dispatch(st):
+        counters["iteration"] += 1
+        key = jax.random.fold_in(rng_key, counters["iteration"])
+        return algorithm.step(key, st, x, y, log_target=log_target, config=config)
+
+    def to_records(infos, elapsed_s):
+        first = counters["iteration"] - len(infos) + 1
+        records = []
+        for it, inf in enumerate(infos, start=first):
+            counters["example_grads"] += config.num_samples * batch
+            rejected = bool(inf.rejected)
+            counters["rejected_run"] = counters["rejected_run"] + 1 if rejected else 0
+            records.append(
+                {
+                    "iter": it,
+                    "batch_size": batch,
+                    "neg_elbo": float(inf.neg_elbo),
+                    "score_loss": float(inf.score_loss),
+                    "rejected": rejected,
+                    "time_s": elapsed_s,
+                    "example_grads": counters["example_grads"],
+                    "rejected_run": counters["rejected_run"],
+                }
+            )
+        return records, False
+
+    state, status, _ = driver.run(
+        dispatch,
+        state,
+        num_iterations=num_iterations,
+        to_records=to_records,
+        diverged=lambda record: record["rejected_run"] >= max_rejected,
+        start=start,
+        elapsed=elapsed,
+        sync_every=sync_every,
+        state_every=state_every,
+        callback=callback,
+        should_stop=should_stop,
+    )
+    return state, status

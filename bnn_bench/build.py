@@ -1,0 +1,169 @@
+"""Config -> objects: the one translator from a composed config to the library's plain settings.
+
+Everything here reads a DictConfig and returns data arrays, a Posterior or a NamedTuple of static
+settings for inference/; nothing runs inference. Methods call these from their own modules.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from bnn_bench.errors import ConfigError
+
+
+def load_data(cfg: DictConfig):
+    """The dataset in the layout the model wants, checked against the likelihood."""
+    from bnn_bench.data import load_dataset
+    from bnn_bench.models import model_layout
+
+    d = cfg.dataset
+    options = {"task": d.task} if d.task else {}
+    if d.name == "synthetic_regression":
+        options.update(dim=d.dim, noise_std=d.noise_std)
+    data = load_dataset(
+        d.name,
+        layout=model_layout(cfg.model.name),
+        root=d.root,
+        path=d.path,
+        n_train=d.n_train,
+        n_test=d.n_test,
+        test_fraction=d.test_fraction,
+        seed=cfg.seed,
+        standardize_inputs=d.standardize.inputs,
+        standardize_targets=d.standardize.targets,
+        **options,
+    )
+    wanted = {"categorical": "classification", "gaussian": "regression"}[cfg.likelihood.name]
+    if data.task != wanted:
+        other = "gaussian" if wanted == "classification" else "categorical"
+        raise ConfigError(
+            f"likelihood={cfg.likelihood.name} needs a {wanted} dataset but dataset={d.name} is "
+            f"{data.task}; use likelihood={other}"
+        )
+    return data
+
+
+def posterior(cfg: DictConfig, data):
+    """The model's Posterior (prior, likelihood, network) on the data's input shape."""
+    from bnn_bench.models import build_model
+    from bnn_bench.posterior import make_posterior
+
+    num_outputs = data.num_classes if data.task == "classification" else 1
+    options = {"hidden": list(cfg.model.hidden)} if cfg.model.name == "mlp" else {}
+    model = build_model(cfg.model.name, num_outputs, **options)
+    return make_posterior(
+        model,
+        data.x_train[:1],
+        likelihood=cfg.likelihood.name,
+        noise_std=cfg.likelihood.noise_std,
+        prior_std=cfg.prior.std,
+        prior_scale=cfg.prior.scale,
+        compute_dtype=cfg.hardware.dtype,
+    )
+
+
+def particle_map(cfg: DictConfig) -> str:
+    """hardware.particle_map, with auto resolved: unroll convolutional models on CPU, else vmap."""
+    from bnn_bench.models import model_layout
+
+    choice = cfg.hardware.particle_map
+    if choice != "auto":
+        return choice
+    conv_on_cpu = model_layout(cfg.model.name) == "image" and cfg.hardware.platform == "cpu"
+    return "unroll" if conv_on_cpu else "vmap"
+
+
+def evaluator(cfg: DictConfig, data, posterior):
+    """test_metrics(particles, log_weights, reliability=False): the test-set metrics of a
+    weighted particle set, streamed as hardware.* says (every method uses it)."""
+    from bnn_bench.evaluate import evaluate
+
+    def test_metrics(particles, log_weights, reliability: bool = False) -> dict:
+        return evaluate(
+            posterior,
+            particles,
+            log_weights,
+            data.x_test,
+            data.y_test,
+            eval_chunk=cfg.hardware.eval_chunk,
+            particle_chunk=cfg.hardware.particle_chunk,
+            particle_map=particle_map(cfg),
+            reliability=reliability,
+            target_shift=data.y_mean,
+            target_scale=data.y_std,
+        )
+
+    return test_metrics
+
+
+def proposal(cfg: DictConfig):
+    from bnn_bench.inference.smc.proposals import Proposal
+
+    p = cfg.proposal
+    return Proposal(
+        num_steps=p.num_steps,
+        step_size=p.step_size,
+        name=p.name,
+        adapt_step_size=p.adapt_step_size,
+        target_accept=p.target_accept,
+        adapt_rate=p.adapt_rate,
+        mass=p.mass,
+        max_steps=p.max_steps,
+        learning_rate=p.learning_rate,
+    )
+
+
+def smc_config(cfg: DictConfig):
+    """The SMC sampler's static settings."""
+    from bnn_bench.inference.smc import sampler
+
+    smc = cfg.smc
+    return sampler.SMCConfig(
+        proposal=proposal(cfg),
+        resample_threshold=smc.resample_threshold,
+        resampler=smc.resampler,
+        weights=smc.weights,
+        particle_chunk=cfg.hardware.particle_chunk,
+        particle_map=particle_map(cfg),
+        data_chunk=cfg.hardware.data_chunk,
+    )
+
+
+def schedule_plan(cfg: DictConfig, num_data: int):
+    """The schedule's static plan."""
+    from bnn_bench.inference.smc import schedules
+
+    s = cfg.schedule
+    return schedules.SchedulePlan(
+        name=s.name,
+        num_data=num_data,
+        num_iterations=cfg.smc.num_iterations,
+        batch_size=s.batch_size,
+        noise_tol=s.noise_tol,
+        entropy_tol=s.entropy_tol,
+        window=s.window,
+        growth=s.growth,
+        refine_iterations=s.refine_iterations,
+        signal=s.signal,
+        loglik_tol=s.loglik_tol,
+        refine_at=s.refine_at,
+        slope=s.slope,
+    )
+
+
+def vi_config(cfg: DictConfig, num_data: int):
+    """The VI algorithms' static settings."""
+    from bnn_bench.inference.vi import family
+
+    vi = cfg.vi
+    return family.VIConfig(
+        num_samples=vi.num_samples,
+        batch_size=min(vi.batch_size, num_data),
+        prox_weight=vi.prox_weight,
+        prox_growth=vi.prox_growth,
+        inner_steps=vi.inner_steps,
+        learning_rate=vi.learning_rate,
+        family=vi.family,
+        rank=vi.rank if vi.family == "lowrank" else 0,
+        sample_map="unroll" if particle_map(cfg) == "unroll" else "scan",
+    )
