@@ -67,6 +67,7 @@ def evaluate(
     reliability: bool = False,
     target_shift: float = 0.0,
     target_scale: float = 1.0,
+    reference=None,
 ) -> dict[str, float]:
     """Test metrics of the weighted predictive: accuracy/nll/ece/brier, or rmse/nll (regression).
 
@@ -75,6 +76,8 @@ def evaluate(
 
     With `reliability` (classification), also `reliability`: the per-bin confidences, accuracies
     and counts behind the ECE (metrics.reliability_summary), for the reliability diagram.
+    With a `reference` (bnn_bench.reference.Reference), also agreement and total_variation
+    (classification) or w2 (regression, in the original units) against its predictive.
     """
     if posterior.likelihood == "categorical":
         logp = []
@@ -90,6 +93,8 @@ def evaluate(
             logp.append(metrics.predictive_log_probs(per_particle, log_weights))
         log_probs, labels = jnp.concatenate(logp), jnp.asarray(y)
         result = metrics.classification_metrics(log_probs, labels, num_bins=num_bins)
+        if reference is not None:
+            result.update(metrics.fidelity(np.exp(np.asarray(log_probs, np.float64)), reference))
         if reliability:
             result["reliability"] = metrics.reliability_summary(log_probs, labels, num_bins)
         return result
@@ -101,9 +106,14 @@ def evaluate(
         particle_chunk=particle_chunk,
         particle_map=particle_map,
     )
-    return metrics.regression_metrics(
-        means * target_scale + target_shift,
+    means = means * target_scale + target_shift
+    result = metrics.regression_metrics(
+        means,
         log_weights,
         jnp.asarray(y) * target_scale + target_shift,
         posterior.noise_std * target_scale,
     )
+    if reference is not None:
+        weights = np.exp(np.asarray(metrics.normalise_log_weights(log_weights), np.float64))
+        result.update(metrics.fidelity(np.asarray(means).T, reference, weights))
+    return result

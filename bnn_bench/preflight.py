@@ -91,6 +91,11 @@ def preflight(argv: list[str]) -> None:
                 except Exception as exc:
                     raise ConfigError(hydra_error_line(exc)) from exc
                 validate(cfg)
+                from bnn_bench import build
+
+                # the reference must be readable and of this model/prior/likelihood/dataset
+                # (its test-set hashes are compared once the job has loaded the data)
+                build.check_reference(cfg, None, build.reference(cfg))
             hydra_cfg = compose(
                 config_name="config", overrides=overrides, return_hydra_config=True
             ).hydra

@@ -136,9 +136,11 @@ def read(name_or_path: str | Path) -> Reference:
     return Reference(ident, probs, samples, diag)
 
 
-def mismatch(reference: dict[str, str], run: dict[str, str]) -> str | None:
-    """None when the identities agree; else one line naming the first field that differs."""
-    for field in IDENTITY_FIELDS:
+def mismatch(
+    reference: dict[str, str], run: dict[str, str], fields: tuple[str, ...] = IDENTITY_FIELDS
+) -> str | None:
+    """None when the identities agree on `fields`; else one line naming the first that differs."""
+    for field in fields:
         if str(reference.get(field)) != str(run.get(field)):
             ref, mine = reference.get(field), run.get(field)
             if field.endswith("sha256"):
@@ -147,19 +149,33 @@ def mismatch(reference: dict[str, str], run: dict[str, str]) -> str | None:
     return None
 
 
-def target_identity(cfg, data) -> dict[str, str]:
-    """The identity of the target a config describes, on its loaded data (any method)."""
+CONFIG_FIELDS = ("dataset", "model", "prior", "likelihood")
+
+
+def config_identity(cfg) -> dict[str, str]:
+    """The identity fields a config fixes without loading data (CONFIG_FIELDS)."""
     model = cfg.model.name
     if model == "mlp":
         model = f"mlp hidden={list(cfg.model.hidden)}"
     likelihood = cfg.likelihood.name
     if likelihood == "gaussian":
         likelihood = f"gaussian noise_std={float(cfg.likelihood.noise_std)}"
+    return {
+        "dataset": str(cfg.dataset.name),
+        "model": model,
+        "prior": f"gaussian std={float(cfg.prior.std)} scale={cfg.prior.scale}",
+        "likelihood": likelihood,
+    }
+
+
+def target_identity(cfg, data) -> dict[str, str]:
+    """The identity of the target a config describes, on its loaded data (any method)."""
+    fixed = config_identity(cfg)
     return identity(
         dataset=str(data.name),
         x_test=data.x_test,
         y_test=data.y_test,
-        model=model,
-        prior=f"gaussian std={float(cfg.prior.std)} scale={cfg.prior.scale}",
-        likelihood=likelihood,
+        model=fixed["model"],
+        prior=fixed["prior"],
+        likelihood=fixed["likelihood"],
     )

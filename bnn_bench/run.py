@@ -42,6 +42,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     checkpoints = Checkpoints(out_dir / "checkpoint.npz", config, cfg.checkpoint_every)
     resumed = resume_point(cfg.resume, out_dir, checkpoints)
     data = build.load_data(cfg)
+    reference = build.reference(cfg)
+    build.check_reference(cfg, data, reference)  # a reference of another target: refused here
     method.check_data(cfg, data)
     posterior = build.posterior(cfg, data)
     start = resumed["iteration"] if resumed else 0
@@ -89,7 +91,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         out_dir=out_dir,
         checkpoints=checkpoints,
         reporter=reporter,
-        test_metrics=build.evaluator(cfg, data, posterior),
+        test_metrics=build.evaluator(cfg, data, posterior, reference),
         should_stop=STOP.is_set,
     )
     t0 = time.perf_counter()

@@ -29,7 +29,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from bnn_bench.run import CONFIG_DIR
+    from bnn_bench.preflight import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the target")
     args = parser.parse_args(argv)
 
-    from bnn_bench.run import build_posterior, load_data
+    from bnn_bench.build import load_data
+    from bnn_bench.build import posterior as build_posterior
 
     jax.config.update("jax_platforms", "cpu")
     cfg = compose(list(args.overrides))

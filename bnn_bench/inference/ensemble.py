@@ -23,13 +23,13 @@ SCHEDULES = ("constant", "cosine")
 
 
 class EnsembleConfig(NamedTuple):
-    """Static settings (the config's ensemble.* keys)."""
+    """Static settings (the config's ensemble.* keys; the schema takes its defaults from here)."""
 
-    num_members: int
-    num_epochs: int
-    batch_size: int
-    learning_rate: float
-    lr_schedule: str  # "constant" | "cosine" (decays to 0 over the run)
+    num_members: int = 5
+    num_epochs: int = 100
+    batch_size: int = 100
+    learning_rate: float = 0.01
+    lr_schedule: str = "cosine"  # "constant" | "cosine" (decays to 0 over the run)
 
 
 class EnsembleState(NamedTuple):

@@ -30,19 +30,19 @@ INITS = ("map", "prior")
 
 
 class HMCConfig(NamedTuple):
-    """Static settings (the config's hmc.* keys)."""
+    """Static settings (the config's hmc.* keys; the schema takes its defaults from here)."""
 
-    algorithm: str  # "nuts" | "hmc"
-    num_chains: int
-    num_warmup: int  # window-adaptation steps per chain
-    num_samples: int  # transitions per chain after warmup
-    thin: int  # keep every thin-th transition
-    target_accept: float
-    max_tree_depth: int  # NUTS: at most 2**max_tree_depth - 1 leapfrog steps
-    num_integration_steps: int  # plain HMC: leapfrog steps per transition
-    init: str  # "map" | "prior"
-    init_steps: int  # Adam steps of each MAP start
-    init_learning_rate: float
+    algorithm: str = "nuts"  # "nuts" | "hmc"
+    num_chains: int = 4
+    num_warmup: int = 800  # window-adaptation steps per chain
+    num_samples: int = 1000  # transitions per chain after warmup
+    thin: int = 4  # keep every thin-th transition
+    target_accept: float = 0.8
+    max_tree_depth: int = 10  # NUTS: at most 2**max_tree_depth - 1 leapfrog steps
+    num_integration_steps: int = 32  # plain HMC: leapfrog steps per transition
+    init: str = "map"  # "map" | "prior"
+    init_steps: int = 1000  # Adam steps of each MAP start
+    init_learning_rate: float = 0.01
 
 
 class Chains(NamedTuple):

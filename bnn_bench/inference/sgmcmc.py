@@ -22,22 +22,25 @@ import jax.numpy as jnp
 from bnn_bench.inference.minibatch import epoch_batch
 
 ALGORITHMS = ("sgld", "sghmc")
+# step_size=None means this: SGHMC moves the position by step_size * momentum, so its step size
+# is on the scale of the square root of SGLD's (0.01^2 = 1e-4)
+DEFAULT_STEP = {"sgld": 1e-4, "sghmc": 0.01}
 SCHEDULES = ("constant", "cyclical")
 
 
 class SGMCMCConfig(NamedTuple):
-    """Static settings (the config's sgmcmc.* keys)."""
+    """Static settings (the config's sgmcmc.* keys; the schema takes its defaults from here)."""
 
-    algorithm: str  # "sgld" | "sghmc"
-    num_iterations: int  # kernel steps (one minibatch each)
-    batch_size: int
-    step_size: float  # the (initial, for cyclical) step size
-    step_schedule: str  # "constant" | "cyclical"
-    num_cycles: int
-    burn_in: int  # steps before the first kept draw
-    thin: int
-    num_integration_steps: int  # SGHMC
-    alpha: float  # SGHMC friction
+    algorithm: str = "sgld"  # "sgld" | "sghmc"
+    num_iterations: int = 10000  # kernel steps (one minibatch each)
+    batch_size: int = 100
+    step_size: float | None = None  # the (initial, for cyclical) step size; None: DEFAULT_STEP
+    step_schedule: str = "constant"  # "constant" | "cyclical"
+    num_cycles: int = 4
+    burn_in: int = 2000  # steps before the first kept draw
+    thin: int = 40
+    num_integration_steps: int = 5  # SGHMC
+    alpha: float = 0.1  # SGHMC friction
 
 
 class SGMCMCState(NamedTuple):
@@ -56,8 +59,8 @@ def check_config(config: SGMCMCConfig) -> None:
         raise ValueError(f"sgmcmc.algorithm must be one of {ALGORITHMS}")
     if config.step_schedule not in SCHEDULES:
         raise ValueError(f"sgmcmc.step_schedule must be one of {SCHEDULES}")
-    if not config.step_size > 0:
-        raise ValueError("sgmcmc.step_size must be > 0")
+    if config.step_size is not None and not config.step_size > 0:
+        raise ValueError("sgmcmc.step_size must be > 0 (or null for the algorithm's default)")
     if config.thin < 1 or config.num_iterations % config.thin:
         raise ValueError("sgmcmc.num_iterations must be a multiple of sgmcmc.thin (>= 1)")
     if not 0 <= config.burn_in < config.num_iterations:
@@ -72,11 +75,17 @@ def check_config(config: SGMCMCConfig) -> None:
 
 def step_size_at(step: jax.Array, config: SGMCMCConfig) -> jax.Array:
     """The step size of step `step` (0-based)."""
+    h = base_step_size(config)
     if config.step_schedule == "constant":
-        return jnp.asarray(config.step_size, jnp.float32)
+        return jnp.asarray(h, jnp.float32)
     period = -(-config.num_iterations // config.num_cycles)
     phase = jnp.mod(step, period) / period
-    return config.step_size / 2 * (jnp.cos(jnp.pi * phase) + 1)
+    return h / 2 * (jnp.cos(jnp.pi * phase) + 1)
+
+
+def base_step_size(config: SGMCMCConfig) -> float:
+    """config.step_size, or the algorithm's DEFAULT_STEP when it is None."""
+    return DEFAULT_STEP[config.algorithm] if config.step_size is None else config.step_size
 
 
 def is_kept(step: jax.Array, config: SGMCMCConfig) -> jax.Array:
