@@ -55,13 +55,13 @@ def run(job: Job) -> dict[str, Any]:
 
         s = jax.lax.cond(info.keep, keep, lambda s: s, s._replace(chain=chain))
         finite = jnp.all(jnp.isfinite(chain.position))
-        return s, (info, finite)
+        return s, (info, finite, s.num_kept)
 
     done = {"iter": start}
 
     def to_records(infos, elapsed):
         records = []
-        for info, finite in infos:
+        for info, finite, kept in infos:
             done["iter"] += 1
             k = done["iter"]
             records.append(
@@ -70,6 +70,7 @@ def run(job: Job) -> dict[str, Any]:
                     "batch_size": batch,
                     "step_size": float(info.step_size),
                     "kept": bool(info.keep),
+                    "draws": int(kept),
                     "finite": bool(finite),
                     "time_s": elapsed,
                     "example_grads": k * grads,
@@ -140,7 +141,7 @@ METHOD = Method(
     run=run,
     num_iterations=lambda cfg: cfg.sgmcmc.num_iterations,
     labels=lambda cfg: (cfg.sgmcmc.algorithm, cfg.sgmcmc.step_schedule),
-    progress_key="step_size",
+    progress_key="draws",
     check_data=check_data,
     row=lambda results: (str(results.get("algorithm", "?")), str(results.get("step_schedule", ""))),
     variant_order=("sgld", "sghmc"),
