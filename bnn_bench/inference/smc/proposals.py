@@ -177,7 +177,7 @@ def leapfrog_move(
     `value_and_grad(theta)` returns (l, grad l), or ((l, per-example terms), grad l) when `terms`
     is set (then `terms` is unused: the flag says the aux is there). The mass is the identity, or
     diag(1 / inverse_mass). A traced `num_steps` (chees) runs a loop with a dynamic trip count; a
-    static one is unrolled (XLA's CPU convolutions run ~3x slower inside a loop body).
+    static one is unrolled (XLA's CPU convolutions are slower inside a loop body).
     """
     h = proposal.step_size if step_size is None else step_size
     n = proposal.num_steps if num_steps is None else num_steps
@@ -210,9 +210,9 @@ def leapfrog_move(
 
     carry = (position, momentum, g0, l0, aux0)
     if isinstance(n, int):
-        # Unrolled in the trace: S is small, and XLA's CPU convolutions run ~3x slower inside a
-        # loop body. Not lax.scan(unroll=True): with S = 1 (langevin) its step ran 4x slower
-        # than with the Python loop on the CNN (docs/performance.md).
+        # Unrolled in the trace: S is small, and XLA's CPU convolutions are slower inside a loop
+        # body. Not lax.scan(unroll=True): with S = 1 (langevin) that leaves the convolutions in
+        # a loop body too (docs/performance.md has the measurement).
         for _ in range(n):
             carry = leapfrog(carry)
     else:
