@@ -119,3 +119,50 @@ def test_reference_refuses_bad_input(tmp_path):
         ref.read(tmp_path / "plain.npz")
     with pytest.raises(ValueError, match="no such file"):
         ref.read("no_such_reference")
+
+
+def test_exact_linear_predictive_is_the_posterior_of_the_target():
+    """scripts/make_reference.py --exact: its closed form has the MAP (= posterior mean) of the
+    very Posterior bnn-bench builds, and its std shrinks with more data."""
+    import sys
+
+    import jax
+    import jax.numpy as jnp
+
+    from bnn_bench.inference import ensemble
+    from bnn_bench.models import Linear
+    from bnn_bench.posterior import make_log_target, make_posterior
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from make_reference import linear_gaussian_predictive
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 3)).astype(np.float32)
+    y = (x @ [1.0, -1.0, 0.5] + 0.3 * rng.normal(size=80)).astype(np.float32)
+    post = make_posterior(
+        Linear(1),
+        jnp.asarray(x),
+        likelihood="gaussian",
+        noise_std=0.3,
+        prior_std=0.5,
+        prior_scale="fan_in",
+    )
+    probe = rng.normal(size=(5, 3)).astype(np.float32)
+    mean, std = linear_gaussian_predictive(post, x, y, probe)
+    cfg = ensemble.EnsembleConfig(1, 2000, 80, 0.02, "cosine")
+    state = ensemble.init(jax.random.key(0), post.prior_std, cfg, 2000)
+    state, _ = ensemble.run_chunk(
+        jax.random.key(1),
+        state,
+        jnp.asarray(x),
+        jnp.asarray(y),
+        log_target=make_log_target(post, 80),
+        config=cfg,
+        total_steps=2000,
+        num=2000,
+    )
+    map_pred = np.asarray(post.apply(state.params[0], jnp.asarray(probe))[:, 0])
+    np.testing.assert_allclose(mean, map_pred, atol=2e-3)
+    _, std_half = linear_gaussian_predictive(post, x[:20], y[:20], probe)
+    assert np.all(std < std_half) and np.all(std > 0)
