@@ -7,6 +7,7 @@
 set -euo pipefail
 OUT=${OUT:-outputs/fidelity}
 PY=${PY:-.venv/bin/python}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's bnn_bench for scripts/
 run() {  # run DIR OVERRIDES...
   local dir=$1; shift
   [ -f "$dir/results.json" ] && return 0
