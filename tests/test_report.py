@@ -257,11 +257,11 @@ def test_presets_declare_their_sweeps(overrides, jobs):
     validates it (a command-line key replaces the preset's sweep of that key, as in Hydra)."""
     from hydra import compose, initialize_config_dir
 
-    from bnn_bench import config, run
+    from bnn_bench import config, preflight
 
-    with initialize_config_dir(config_dir=run.CONFIG_DIR, version_base="1.3"):
-        first = run.job_overrides(overrides, multirun=True)[0]
-        expanded = run._with_sweeper_params(compose, overrides, first)
+    with initialize_config_dir(config_dir=preflight.CONFIG_DIR, version_base="1.3"):
+        first = preflight.job_overrides(overrides, multirun=True)[0]
+        expanded = preflight._with_sweeper_params(compose, overrides, first)
         assert len(expanded) == jobs
         assert len({tuple(sorted(j)) for j in expanded}) == jobs
         cfg = compose(config_name="config", overrides=expanded[-1])
