@@ -32,6 +32,8 @@ def load_data(cfg: DictConfig):
         test_fraction=d.test_fraction,
         val_fraction=d.val_fraction,
         seed=cfg.seed,
+        standardize_inputs=d.standardize.inputs,
+        standardize_targets=d.standardize.targets,
         **options,
     )
     wanted = {"categorical": "classification", "gaussian": "regression"}[cfg.likelihood.name]
@@ -80,9 +82,10 @@ def particle_map(cfg: DictConfig) -> str:
     return "unroll" if conv_on_cpu else "vmap"
 
 
-def evaluator(cfg: DictConfig, data, posterior):
+def evaluator(cfg: DictConfig, data, posterior, reference=None):
     """test_metrics(particles, log_weights, reliability=False): the test-set metrics of a
-    weighted particle set, streamed as hardware.* says (every method uses it).
+    weighted particle set, streamed as hardware.* says (every method uses it), with agreement
+    and total_variation (or w2) against `reference` when there is one.
 
     The final evaluation (reliability=True), and every evaluation with
     evaluation.at_evaluations, also adds what `evaluation.*` asks for (`ood`, `shift`,
@@ -109,6 +112,9 @@ def evaluator(cfg: DictConfig, data, posterior):
             observe=scores,
             reliability=reliability,
             **mapping,
+            target_shift=data.y_mean,
+            target_scale=data.y_std,
+            reference=reference,
         )
         if extra:
             result.update(
@@ -241,3 +247,52 @@ def vi_config(cfg: DictConfig, num_data: int):
         rank=vi.rank if vi.family == "lowrank" else 0,
         sample_map="unroll" if particle_map(cfg) == "unroll" else "scan",
     )
+
+
+def hmc_config(cfg: DictConfig):
+    """The reference sampler's static settings."""
+    from bnn_bench.inference.hmc import HMCConfig
+
+    return HMCConfig(**{k: cfg.hmc[k] for k in HMCConfig._fields})
+
+
+def ensemble_config(cfg: DictConfig):
+    """The deep ensemble's static settings."""
+    from bnn_bench.inference.ensemble import EnsembleConfig
+
+    return EnsembleConfig(**{k: cfg.ensemble[k] for k in EnsembleConfig._fields})
+
+
+def sgmcmc_config(cfg: DictConfig):
+    """SGLD/SGHMC's static settings."""
+    from bnn_bench.inference.sgmcmc import SGMCMCConfig
+
+    return SGMCMCConfig(**{k: cfg.sgmcmc[k] for k in SGMCMCConfig._fields})
+
+
+def reference(cfg: DictConfig):
+    """The reference=PATH (or shipped name) a run is compared with, read; None without one."""
+    from bnn_bench import reference as ref
+
+    if not cfg.get("reference"):
+        return None
+    try:
+        return ref.read(cfg.reference)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def check_reference(cfg: DictConfig, data, reference) -> None:
+    """Refuse a reference made on another target (one line naming the differing field); without
+    `data` only the fields the config fixes are compared (preflight, before any work)."""
+    from bnn_bench import reference as ref
+
+    if reference is None:
+        return
+    if data is None:
+        run, fields = ref.config_identity(cfg), ref.CONFIG_FIELDS
+    else:
+        run, fields = ref.target_identity(cfg, data), ref.IDENTITY_FIELDS
+    differs = ref.mismatch(reference.identity, run, fields)
+    if differs:
+        raise ConfigError(f"reference={cfg.reference} does not match this run's target: {differs}")

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from hydra.core.config_store import ConfigStore
 
 from bnn_bench.errors import ConfigError
+from bnn_bench.inference.ensemble import EnsembleConfig
+from bnn_bench.inference.hmc import HMCConfig
+from bnn_bench.inference.sgmcmc import SGMCMCConfig
 from bnn_bench.inference.smc.proposals import Proposal
 from bnn_bench.inference.smc.sampler import SMCConfig
 from bnn_bench.inference.smc.schedules import SchedulePlan
@@ -67,6 +70,44 @@ class VISettings:
 
 
 @dataclass
+class HMCSettings:
+    algorithm: str = _default(HMCConfig, "algorithm")
+    num_chains: int = _default(HMCConfig, "num_chains")
+    num_warmup: int = _default(HMCConfig, "num_warmup")
+    num_samples: int = _default(HMCConfig, "num_samples")
+    thin: int = _default(HMCConfig, "thin")
+    target_accept: float = _default(HMCConfig, "target_accept")
+    max_tree_depth: int = _default(HMCConfig, "max_tree_depth")
+    num_integration_steps: int = _default(HMCConfig, "num_integration_steps")
+    init: str = _default(HMCConfig, "init")
+    init_steps: int = _default(HMCConfig, "init_steps")
+    init_learning_rate: float = _default(HMCConfig, "init_learning_rate")
+
+
+@dataclass
+class EnsembleSettings:
+    num_members: int = _default(EnsembleConfig, "num_members")
+    num_epochs: int = _default(EnsembleConfig, "num_epochs")
+    batch_size: int = _default(EnsembleConfig, "batch_size")
+    learning_rate: float = _default(EnsembleConfig, "learning_rate")
+    lr_schedule: str = _default(EnsembleConfig, "lr_schedule")
+
+
+@dataclass
+class SGMCMCSettings:
+    algorithm: str = _default(SGMCMCConfig, "algorithm")
+    num_iterations: int = _default(SGMCMCConfig, "num_iterations")
+    batch_size: int = _default(SGMCMCConfig, "batch_size")
+    step_size: float | None = _default(SGMCMCConfig, "step_size")
+    step_schedule: str = _default(SGMCMCConfig, "step_schedule")
+    num_cycles: int = _default(SGMCMCConfig, "num_cycles")
+    burn_in: int = _default(SGMCMCConfig, "burn_in")
+    thin: int = _default(SGMCMCConfig, "thin")
+    num_integration_steps: int = _default(SGMCMCConfig, "num_integration_steps")
+    alpha: float = _default(SGMCMCConfig, "alpha")
+
+
+@dataclass
 class ScheduleConfig:
     name: str = "ctr"
     batch_size: int = 500  # C
@@ -97,6 +138,12 @@ class ProposalConfig:
 
 
 @dataclass
+class StandardizeConfig:
+    inputs: str = "auto"  # auto | none | global | per_feature (auto: the dataset's default)
+    targets: str = "auto"  # auto | none | standard (regression; auto: standard for diabetes)
+
+
+@dataclass
 class DatasetConfig:
     name: str = "digits"
     root: str | None = None
@@ -109,6 +156,7 @@ class DatasetConfig:
     dim: int = 5
     noise_std: float = 0.5
     num_classes: int | None = None
+    standardize: StandardizeConfig = field(default_factory=StandardizeConfig)
 
 
 @dataclass
@@ -178,6 +226,9 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     smc: SMCSettings = field(default_factory=SMCSettings)
     vi: VISettings = field(default_factory=VISettings)
+    hmc: HMCSettings = field(default_factory=HMCSettings)
+    ensemble: EnsembleSettings = field(default_factory=EnsembleSettings)
+    sgmcmc: SGMCMCSettings = field(default_factory=SGMCMCSettings)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     proposal: ProposalConfig = field(default_factory=ProposalConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -188,6 +239,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     experiment: str | None = None
+    reference: str | None = None  # a reference.npz (or a shipped name): fidelity metrics
     seed: int = 0
     save_posterior: bool = False
     eval_every: int = 0
@@ -291,6 +343,7 @@ def validate(cfg) -> None:
 
     _allowed("method", cfg.method.name, tuple(METHODS))
     validate_vi(cfg.vi)
+    validate_baselines(cfg)
     smc = cfg.smc
     _check("smc.num_particles", smc.num_particles, smc.num_particles >= 2, "an integer >= 2")
     _check("smc.num_iterations", smc.num_iterations, smc.num_iterations >= 1, "an integer >= 1")
@@ -328,6 +381,10 @@ def validate(cfg) -> None:
     lr = p.learning_rate
     _check("proposal.learning_rate", lr, lr > 0, "> 0")
     d = cfg.dataset
+    from bnn_bench.data.datasets import INPUT_STANDARDIZATIONS, TARGET_STANDARDIZATIONS
+
+    _allowed("dataset.standardize.inputs", d.standardize.inputs, INPUT_STANDARDIZATIONS)
+    _allowed("dataset.standardize.targets", d.standardize.targets, TARGET_STANDARDIZATIONS)
     _check("dataset.test_fraction", d.test_fraction, 0 < d.test_fraction < 1, "in (0, 1)")
     vf = d.val_fraction
     _check("dataset.val_fraction", vf, 0 <= vf < 1, "in [0, 1) (0: evaluate on the test set)")
@@ -427,6 +484,51 @@ def validate_evaluation(cfg) -> None:
         expected = ood.expected_shape(d.name, d.path, d.dim)
         for spec in files:
             ood.check_ood_file(spec, expected)
+
+
+def validate_baselines(cfg) -> None:
+    """Values of the hmc:, ensemble: and sgmcmc: sections (checked whatever the method)."""
+    from bnn_bench.inference import ensemble, hmc, sgmcmc
+
+    h = cfg.hmc
+    _allowed("hmc.algorithm", h.algorithm, hmc.ALGORITHMS)
+    _allowed("hmc.init", h.init, hmc.INITS)
+    _check("hmc.num_chains", h.num_chains, h.num_chains >= 2, "an integer >= 2 (R-hat)")
+    _check("hmc.num_warmup", h.num_warmup, h.num_warmup >= 1, "an integer >= 1")
+    _check("hmc.thin", h.thin, h.thin >= 1, "an integer >= 1")
+    ok = h.num_samples >= 2 * h.thin
+    _check("hmc.num_samples", h.num_samples, ok, f">= 2 * hmc.thin = {2 * h.thin}")
+    _check("hmc.target_accept", h.target_accept, 0 < h.target_accept < 1, "in (0, 1)")
+    _check("hmc.max_tree_depth", h.max_tree_depth, h.max_tree_depth >= 1, "an integer >= 1")
+    steps = h.num_integration_steps
+    _check("hmc.num_integration_steps", steps, steps >= 1, "an integer >= 1")
+    _check("hmc.init_steps", h.init_steps, h.init_steps >= 0, "an integer >= 0")
+    lr = h.init_learning_rate
+    _check("hmc.init_learning_rate", lr, lr > 0, "> 0")
+    e = cfg.ensemble
+    _check("ensemble.num_members", e.num_members, e.num_members >= 1, "an integer >= 1")
+    _check("ensemble.num_epochs", e.num_epochs, e.num_epochs >= 1, "an integer >= 1")
+    _check("ensemble.batch_size", e.batch_size, e.batch_size >= 1, "an integer >= 1")
+    _check("ensemble.learning_rate", e.learning_rate, e.learning_rate > 0, "> 0")
+    _allowed("ensemble.lr_schedule", e.lr_schedule, ensemble.SCHEDULES)
+    g = cfg.sgmcmc
+    _allowed("sgmcmc.algorithm", g.algorithm, sgmcmc.ALGORITHMS)
+    _allowed("sgmcmc.step_schedule", g.step_schedule, sgmcmc.SCHEDULES)
+    _check("sgmcmc.num_iterations", g.num_iterations, g.num_iterations >= 1, "an integer >= 1")
+    _check("sgmcmc.batch_size", g.batch_size, g.batch_size >= 1, "an integer >= 1")
+    if g.step_size is not None:
+        _check("sgmcmc.step_size", g.step_size, g.step_size > 0, "> 0 (or null)")
+    _check("sgmcmc.thin", g.thin, g.thin >= 1, "an integer >= 1")
+    multiple = g.num_iterations % g.thin == 0
+    _check(
+        "sgmcmc.num_iterations", g.num_iterations, multiple, f"a multiple of sgmcmc.thin={g.thin}"
+    )
+    burn = 0 <= g.burn_in < g.num_iterations
+    _check("sgmcmc.burn_in", g.burn_in, burn, f"in [0, sgmcmc.num_iterations={g.num_iterations})")
+    _check("sgmcmc.num_cycles", g.num_cycles, g.num_cycles >= 1, "an integer >= 1")
+    steps = g.num_integration_steps
+    _check("sgmcmc.num_integration_steps", steps, steps >= 1, "an integer >= 1")
+    _check("sgmcmc.alpha", g.alpha, g.alpha > 0, "> 0")
 
 
 def validate_vi(vi) -> None:

@@ -67,14 +67,22 @@ def evaluate(
     observe=None,
     num_bins: int = 15,
     reliability: bool = False,
+    target_shift: float = 0.0,
+    target_scale: float = 1.0,
+    reference=None,
 ) -> dict[str, float]:
     """Test metrics of the weighted predictive: accuracy/nll/ece/brier, or rmse/nll (regression).
+
+    Regression targets standardised as y' = (y - target_shift) / target_scale are scored in the
+    original units: means, targets and the noise std are mapped back before rmse and nll.
 
     With `reliability` (classification), also `reliability`: the per-bin confidences, accuracies
     and counts behind the ECE (metrics.reliability_summary), for the reliability diagram.
 
     `observe(per_particle)` (classification), if given, sees each test chunk's per-particle
     log-probs (J, chunk, K) in order (the uncertainty evaluation reuses them).
+    With a `reference` (bnn_bench.reference.Reference), also agreement and total_variation
+    (classification) or w2 (regression, in the original units) against its predictive.
     """
     if posterior.likelihood == "categorical":
         logp = []
@@ -92,6 +100,8 @@ def evaluate(
                 observe(per_particle)
         log_probs, labels = jnp.concatenate(logp), jnp.asarray(y)
         result = metrics.classification_metrics(log_probs, labels, num_bins=num_bins)
+        if reference is not None:
+            result.update(metrics.fidelity(np.exp(np.asarray(log_probs, np.float64)), reference))
         if reliability:
             result["reliability"] = metrics.reliability_summary(log_probs, labels, num_bins)
         return result
@@ -103,7 +113,17 @@ def evaluate(
         particle_chunk=particle_chunk,
         particle_map=particle_map,
     )
-    return metrics.regression_metrics(means, log_weights, jnp.asarray(y), posterior.noise_std)
+    means = means * target_scale + target_shift
+    result = metrics.regression_metrics(
+        means,
+        log_weights,
+        jnp.asarray(y) * target_scale + target_shift,
+        posterior.noise_std * target_scale,
+    )
+    if reference is not None:
+        weights = np.exp(np.asarray(metrics.normalise_log_weights(log_weights), np.float64))
+        result.update(metrics.fidelity(np.asarray(means).T, reference, weights))
+    return result
 
 
 # --- beyond the test set: OOD detection, shift, selective prediction (evaluation.*) -------------

@@ -134,3 +134,87 @@ def regression_metrics(
         "rmse": float(jnp.sqrt(jnp.mean((pred - y[0]) ** 2))),
         "nll": float(-jnp.mean(log_mix)),
     }
+
+
+# --- fidelity: closeness of a predictive to a reference predictive ------------------------------
+
+
+def agreement(probs: np.ndarray, reference_probs: np.ndarray) -> float:
+    """Share of test points whose top class is the reference's top class (Izmailov et al. 2021).
+
+    Both are (n, K) predictive probabilities (or log-probabilities: only the argmax is used).
+    """
+    a, b = np.asarray(probs), np.asarray(reference_probs)
+    _same_shape(a, b)
+    return float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
+
+
+def total_variation(probs: np.ndarray, reference_probs: np.ndarray) -> float:
+    """Mean over test points of half the L1 distance between two (n, K) predictive distributions."""
+    a, b = np.asarray(probs, np.float64), np.asarray(reference_probs, np.float64)
+    _same_shape(a, b)
+    return float(np.mean(0.5 * np.sum(np.abs(a - b), axis=1)))
+
+
+def _same_shape(a: np.ndarray, b: np.ndarray) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"predictive shapes differ: {a.shape} vs reference {b.shape}")
+
+
+def w2_gaussian(mean_a, std_a, mean_b, std_b):
+    """Wasserstein-2 distance between 1-d Gaussians: sqrt((m_a - m_b)^2 + (s_a - s_b)^2)."""
+    return np.sqrt((np.asarray(mean_a) - mean_b) ** 2 + (np.asarray(std_a) - std_b) ** 2)
+
+
+def w2_samples(
+    samples: np.ndarray,
+    reference_samples: np.ndarray,
+    weights: np.ndarray | None = None,
+    reference_weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """Exact 1-d Wasserstein-2 distance per row between two weighted empirical distributions.
+
+    `samples` (n, S) and `reference_samples` (n, R): row i holds draws at test point i; the
+    weights (S,) and (R,) (normalised here; None: equal) are shared by all rows. In 1-d the
+    optimal coupling is monotone, so W2^2 = int_0^1 (F_a^-1(u) - F_b^-1(u))^2 du, which for two
+    step quantile functions is a finite sum over the merged breakpoints of their cumulative
+    weights. Returns the (n,) distances.
+    """
+    a, b = np.asarray(samples, np.float64), np.asarray(reference_samples, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+        raise ValueError(f"samples must be (n, S) and (n, R), got {a.shape} and {b.shape}")
+    wa = _normalised(weights, a.shape[1])
+    wb = _normalised(reference_weights, b.shape[1])
+    out = np.empty(a.shape[0])
+    for i in range(a.shape[0]):
+        oa, ob = np.argsort(a[i]), np.argsort(b[i])
+        ca, cb = np.cumsum(wa[oa]), np.cumsum(wb[ob])
+        ca[-1] = cb[-1] = 1.0
+        grid = np.union1d(ca, cb)
+        widths = np.diff(grid, prepend=0.0)
+        mid = grid - widths / 2
+        qa = a[i][oa][np.minimum(np.searchsorted(ca, mid), len(ca) - 1)]
+        qb = b[i][ob][np.minimum(np.searchsorted(cb, mid), len(cb) - 1)]
+        out[i] = np.sqrt(np.sum(widths * (qa - qb) ** 2))
+    return out
+
+
+def _normalised(weights: np.ndarray | None, num: int) -> np.ndarray:
+    if weights is None:
+        return np.full(num, 1.0 / num)
+    w = np.asarray(weights, np.float64)
+    if w.shape != (num,) or np.any(w < 0) or not w.sum() > 0:
+        raise ValueError(f"weights must be {num} non-negative numbers with a positive sum")
+    return w / w.sum()
+
+
+def fidelity(predictive: np.ndarray, reference, weights: np.ndarray | None = None) -> dict:
+    """agreement and total_variation (classification: `predictive` (n, K) probabilities), or w2
+    (regression: `predictive` (n, S) draws of f(x) with optional weights (S,)) against a
+    reference (bnn_bench.reference.Reference)."""
+    if reference.probs is not None:
+        return {
+            "agreement": agreement(predictive, reference.probs),
+            "total_variation": total_variation(predictive, reference.probs),
+        }
+    return {"w2": float(np.mean(w2_samples(predictive, reference.samples, weights)))}

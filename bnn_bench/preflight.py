@@ -114,6 +114,11 @@ def preflight(argv: list[str]) -> None:
                     first = _backend_before_anything(cfg, hydra_cfg, args.multirun, first)
                 if config_name == "config" and not args.config_path:
                     validate(cfg)  # a user's own primary config is validated when its job runs
+                    from bnn_bench import build
+
+                    # the reference must be readable and of this model/prior/likelihood/dataset
+                    # (its test-set hashes are compared once the job has loaded the data)
+                    build.check_reference(cfg, None, build.reference(cfg))
                 _check_job_dir(cfg, hydra_cfg, args.multirun, num)
             key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
             check_creatable(key, hydra_cfg.sweep.dir if args.multirun else hydra_cfg.run.dir)

@@ -3,7 +3,8 @@
 Reads every results.json under SWEEP_DIR (any depth, so several sweeps under one directory make one
 table), groups the jobs by experiment and method/schedule/proposal (SMC) or method/algorithm
 (VI), and writes into SWEEP_DIR:
-- table.md, table.tex: accuracy (or rmse), NLL, ECE, runtime, example_grads, the speed-up vs
+- table.md, table.tex: accuracy (or rmse), NLL, ECE, agreement and TV (or W2: runs given
+  reference=PATH), runtime, example_grads, the speed-up vs
   full and (VI) neg_elbo as mean +- std over seeds (sample std, ddof=1; the mean alone for one
   seed), the number of finished seeds and of jobs that did not finish per row, and every job
   that did not finish
@@ -178,7 +179,19 @@ def _mean_std(values: list[float]) -> tuple[float, float, int]:
     return float(arr.mean()), std, len(arr)
 
 
-METRICS = ("accuracy", "rmse", "nll", "ece", "runtime_s", "example_grads", "neg_elbo")  # last: VI
+# neg_elbo: VI; agreement, total_variation, w2: runs given reference=PATH
+METRICS = (
+    "accuracy",
+    "rmse",
+    "nll",
+    "ece",
+    "agreement",
+    "total_variation",
+    "w2",
+    "runtime_s",
+    "example_grads",
+    "neg_elbo",
+)
 VI_PARTS = ("expected_log_lik", "kl_prior")  # neg_elbo's two parts (--per-seed rows)
 COLLAPSE_MARGIN = 0.02  # a seed within 2 accuracy points of chance (1 / num_classes) collapsed
 
@@ -258,6 +271,9 @@ FORMATS = {
     "neg_elbo": "{:.0f}",
     "expected_log_lik": "{:.0f}",
     "kl_prior": "{:.0f}",
+    "agreement": "{:.4f}",
+    "total_variation": "{:.4f}",
+    "w2": "{:.4f}",
     "speedup": "{:.2f}",
 }
 HEADERS = {
@@ -270,6 +286,9 @@ HEADERS = {
     "neg_elbo": "neg ELBO",
     "expected_log_lik": "E log-lik",
     "kl_prior": "KL(q || prior)",
+    "agreement": "agreement",
+    "total_variation": "TV",
+    "w2": "W2",
     "speedup": "speed-up vs full",
 }
 

@@ -48,6 +48,8 @@ def _run_job(cfg: DictConfig, hc) -> dict[str, Any]:
     checkpoints = Checkpoints(out_dir / "checkpoint.npz", config, cfg.checkpoint_every)
     resumed = rundir.resume_point(out_dir, checkpoints, resume=cfg.resume, overwrite=cfg.overwrite)
     data = build.load_data(cfg)
+    reference = build.reference(cfg)
+    build.check_reference(cfg, data, reference)  # a reference of another target: refused here
     method.check_data(cfg, data)
     posterior = build.posterior(cfg, data)
     start = resumed["iteration"] if resumed else 0
@@ -70,6 +72,7 @@ def _run_job(cfg: DictConfig, hc) -> dict[str, Any]:
         "eval_split": "val" if cfg.dataset.val_fraction else "test",
         "n_params": posterior.dim,
         "num_classes": data.num_classes,  # 0 for regression (the report's chance level)
+        "standardization": data.standardization,
         **({"cores": cores} if cores else {}),
         **hardware.process_fields(cfg.hardware),
     }
@@ -100,7 +103,7 @@ def _run_job(cfg: DictConfig, hc) -> dict[str, Any]:
         out_dir=out_dir,
         checkpoints=checkpoints,
         reporter=reporter,
-        test_metrics=build.evaluator(cfg, data, posterior),
+        test_metrics=build.evaluator(cfg, data, posterior, reference),
         should_stop=STOP.is_set,
     )
     t0 = time.perf_counter()

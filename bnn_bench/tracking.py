@@ -60,10 +60,13 @@ def write_json(path: Path, obj: dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
 
 
-def write_posterior(path: Path, particles: np.ndarray, log_weights: np.ndarray) -> None:
-    """Atomically write posterior.npz with `particles` (J x D) and `log_weights` (J)."""
+def write_posterior(
+    path: Path, particles: np.ndarray, log_weights: np.ndarray, **extra: np.ndarray
+) -> None:
+    """Atomically write posterior.npz with `particles` (J x D) and `log_weights` (J), and any
+    `extra` arrays (the standardisation's x_mean, x_std, y_mean, y_std)."""
     buf = io.BytesIO()
-    np.savez(buf, particles=np.asarray(particles), log_weights=np.asarray(log_weights))
+    np.savez(buf, particles=np.asarray(particles), log_weights=np.asarray(log_weights), **extra)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -82,9 +85,10 @@ def truncate_metrics(path: Path, after: int) -> None:
     atomic_write_bytes(path, "".join(kept).encode())
 
 
-def write_vi_posterior(path: Path, q, samples) -> None:
+def write_vi_posterior(path: Path, q, samples, **extra: np.ndarray) -> None:
     """Atomically write a VI posterior.npz: q's `mean`, `log_scale`, `factor` (D x r), and
-    `particles` (draws from q, S x D) with uniform `log_weights`, as SMC writes them."""
+    `particles` (draws from q, S x D) with uniform `log_weights`, as SMC writes them, and any
+    `extra` arrays (the standardisation's means and stds)."""
     buf = io.BytesIO()
     samples = np.asarray(samples)
     np.savez(
@@ -94,6 +98,7 @@ def write_vi_posterior(path: Path, q, samples) -> None:
         factor=np.asarray(q.factor),
         particles=samples,
         log_weights=np.zeros(len(samples), samples.dtype),
+        **extra,
     )
     atomic_write_bytes(path, buf.getvalue())
 

@@ -83,7 +83,7 @@ def test_the_checker_sees_a_forbidden_arrow(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("name", ["smc", "vi"])
+@pytest.mark.parametrize("name", ["smc", "vi", "hmc", "ensemble", "sgmcmc"])
 def test_every_method_is_one_registry_entry(name):
     from bnn_bench.methods import METHODS
 

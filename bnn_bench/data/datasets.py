@@ -5,17 +5,23 @@ fixed generator (SPLIT_SEED = 0), so every run seed sees the same data and the r
 only inference. The one exception is synthetic_regression, whose generating process (weights,
 inputs, noise) is drawn from `seed`, so each seed is its own linear-regression problem.
 
-Normalisation: images (digits, mnist, fashion_mnist, npz with x of 3 or more dims) are scaled
-by one scalar mean and std from the training pixels, so the image structure is kept; tabular npz
-inputs (n, d) are standardised per feature with the training mean and std (std floored at 1e-8).
-Targets are left as given (regression y is not standardised), and synthetic_regression is not
-normalised at all, so its closed-form posterior stays exact.
+Standardisation (`standardize_inputs`, `standardize_targets`; the config's
+dataset.standardize.inputs and .targets) uses statistics of the training split only, before any
+n_train/n_test subset, and is recorded in `Dataset.standardization` (modes, means, stds):
+- inputs: "global" (one scalar mean and std of all training values, so images keep their
+  structure), "per_feature" (each feature's training mean and std, std floored at 1e-8) or
+  "none". "auto" is the dataset's default: global for images (digits, mnist, fashion_mnist, npz
+  with x of 3 or more dims), per_feature for tabular npz and diabetes, none for
+  synthetic_regression (so that its closed-form posterior stays exact on the given x).
+- regression targets: "standard" ((y - mean) / std with the training mean and std) or "none";
+  "auto" is standard for diabetes and none elsewhere. Metrics are reported in the original
+  units (`Dataset.y_mean`, `Dataset.y_std` undo it).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
@@ -26,7 +32,16 @@ from bnn_bench.data.idx import read_idx
 from bnn_bench.data.npz import check_memory, inspect_npz, read_member
 from bnn_bench.errors import ConfigError, DataError
 
-DATASETS: tuple[str, ...] = ("digits", "fashion_mnist", "mnist", "npz", "synthetic_regression")
+DATASETS: tuple[str, ...] = (
+    "digits",
+    "fashion_mnist",
+    "mnist",
+    "npz",
+    "synthetic_regression",
+    "diabetes",
+)
+INPUT_STANDARDIZATIONS = ("auto", "none", "global", "per_feature")
+TARGET_STANDARDIZATIONS = ("auto", "none", "standard")
 LAYOUTS = ("flat", "image")
 TASKS = ("classification", "regression")
 SPLIT_SEED = 0
@@ -46,6 +61,7 @@ OPTIONS = {
     "mnist": ("task", "num_classes"),
     "npz": ("task", "num_classes"),
     "synthetic_regression": ("task", "dim", "noise_std", "num_classes"),
+    "diabetes": ("task", "num_classes"),
 }
 # Datasets whose number of classes is fixed (dataset.num_classes may only repeat it).
 FIXED_CLASSES = {"digits": 10, "fashion_mnist": 10, "mnist": 10, "synthetic_regression": 0}
@@ -54,6 +70,15 @@ FIXED_TASKS = {
     "fashion_mnist": "classification",
     "mnist": "classification",
     "synthetic_regression": "regression",
+    "diabetes": "regression",
+}
+# What "auto" means for each dataset: (inputs, targets)
+DEFAULT_STANDARDIZATION = {
+    "digits": ("global", "none"),
+    "fashion_mnist": ("global", "none"),
+    "mnist": ("global", "none"),
+    "synthetic_regression": ("none", "none"),
+    "diabetes": ("per_feature", "standard"),
 }
 
 
@@ -68,11 +93,29 @@ class Dataset:
     y_test: np.ndarray
     task: str  # "classification" | "regression"
     num_classes: int  # 0 for regression
+    # modes and statistics applied (see the module docstring); {} before standardisation
+    standardization: dict = field(default_factory=dict)
 
     @property
     def n_train(self) -> int:
         """Number of training examples."""
         return len(self.x_train)
+
+    @property
+    def y_mean(self) -> float:
+        """Mean subtracted from the regression targets (0 when they are not standardised)."""
+        return float(self.standardization.get("y_mean") or 0.0)
+
+    @property
+    def y_std(self) -> float:
+        """Std the regression targets were divided by (1 when they are not standardised)."""
+        return float(self.standardization.get("y_std") or 1.0)
+
+    def standardization_arrays(self) -> dict[str, np.ndarray]:
+        """The means and stds the data was standardised with, as posterior.npz stores them."""
+        s = self.standardization
+        keys = ("x_mean", "x_std", "y_mean", "y_std")
+        return {k: np.asarray(s[k], np.float64) for k in keys if s.get(k) is not None}
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -91,9 +134,12 @@ def load_dataset(
     test_fraction: float = 0.2,
     val_fraction: float = 0.0,
     seed: int = 0,
+    standardize_inputs: str = "auto",
+    standardize_targets: str = "auto",
     **options: Any,
 ) -> Dataset:
-    """Load dataset `name` in `layout` ("flat": (n, d); "image": (n, H, W, C)).
+    """Load dataset `name` in `layout` ("flat": (n, d); "image": (n, H, W, C)), standardised as
+    `standardize_inputs` and `standardize_targets` say (module docstring).
 
     With `val_fraction` > 0 a fixed (SPLIT_SEED) fraction of the training rows is held out and
     returned in place of the test set, for tuning without touching the test labels (the inputs
@@ -113,6 +159,16 @@ def load_dataset(
         )
     _check_count("n_train", n_train)
     _check_count("n_test", n_test)
+    if standardize_inputs not in INPUT_STANDARDIZATIONS:
+        raise ConfigError(
+            f"dataset.standardize.inputs={standardize_inputs} is not allowed; choose one of: "
+            f"{', '.join(INPUT_STANDARDIZATIONS)}"
+        )
+    if standardize_targets not in TARGET_STANDARDIZATIONS:
+        raise ConfigError(
+            f"dataset.standardize.targets={standardize_targets} is not allowed; choose one of: "
+            f"{', '.join(TARGET_STANDARDIZATIONS)}"
+        )
     task = _check_options(name, options)
     num_classes = _check_num_classes(name, options.get("num_classes"))
     if name == "digits":
@@ -121,6 +177,8 @@ def load_dataset(
         data = _idx_dataset(name, root)
     elif name == "npz":
         data = _npz(path, test_fraction, task, num_classes)
+    elif name == "diabetes":
+        data = _diabetes(test_fraction)
     else:
         data = _synthetic_regression(
             300 if n_train is None else n_train,
@@ -129,6 +187,11 @@ def load_dataset(
             options.get("noise_std", 0.5),
             seed,
         )
+    try:
+        data = _standardize(data, standardize_inputs, standardize_targets)
+    except ValueError as exc:  # statistics that overflow float64
+        source = path if name == "npz" else f"dataset={name}"
+        raise DataError(f"{source}: x has {exc}; rescale the inputs") from exc
     if name != "synthetic_regression":  # there n_train/n_test are the generated sizes
         data = _subset(data, n_train, n_test)
     if val_fraction:
@@ -226,6 +289,7 @@ def _layout(d: Dataset, layout: str) -> Dataset:
         np.ascontiguousarray(d.y_test, ydtype),
         d.task,
         d.num_classes,
+        d.standardization,
     )
 
 
@@ -246,7 +310,7 @@ def _subset(d: Dataset, n_train: int | None, n_test: int | None) -> Dataset:
 
     xtr, ytr = take(d.x_train, d.y_train, n_train, "n_train")
     xte, yte = take(d.x_test, d.y_test, n_test, "n_test")
-    return Dataset(d.name, xtr, ytr, xte, yte, d.task, d.num_classes)
+    return Dataset(d.name, xtr, ytr, xte, yte, d.task, d.num_classes, d.standardization)
 
 
 def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, source: str):
@@ -269,10 +333,7 @@ def _check_finite_moments(mean, std) -> None:
 
 def _standardise_global(x_train: np.ndarray, x_test: np.ndarray):
     """One scalar mean/std from the training values, so images keep their structure."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        mean = x_train.mean(dtype=np.float64)
-        std = max(float(x_train.std(dtype=np.float64)), 1e-8)
-    _check_finite_moments(mean, std)
+    mean, std = _global_stats(x_train)
     scale = np.float32(1.0 / std)
     return (
         ((x_train - np.float32(mean)) * scale).astype(np.float32),
@@ -289,6 +350,50 @@ def _standardise_features(x_train: np.ndarray, x_test: np.ndarray):
     return ((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)
 
 
+def _standardize(d: Dataset, inputs: str, targets: str) -> Dataset:
+    """Apply the input and target standardisation (training statistics); record them."""
+    default_inputs, default_targets = DEFAULT_STANDARDIZATION.get(
+        d.name, ("per_feature" if d.x_train.ndim == 2 else "global", "none")
+    )
+    inputs = default_inputs if inputs == "auto" else inputs
+    targets = default_targets if targets == "auto" else targets
+    if targets == "standard" and d.task != "regression":
+        raise ConfigError(
+            f"dataset.standardize.targets=standard is only for regression, but dataset={d.name} "
+            "is classification; use none or auto"
+        )
+    info: dict[str, Any] = {"inputs": inputs, "targets": targets}
+    xtr, xte = d.x_train, d.x_test
+    if inputs == "global":
+        mean, std = _global_stats(xtr)
+        info.update(x_mean=mean, x_std=std)
+        xtr, xte = _standardise_global(xtr, xte)
+    elif inputs == "per_feature":
+        x64 = xtr.astype(np.float64)
+        info.update(
+            x_mean=x64.mean(axis=0).tolist(), x_std=np.maximum(x64.std(axis=0), 1e-8).tolist()
+        )
+        xtr, xte = _standardise_features(xtr, xte)
+    else:
+        xtr, xte = np.asarray(xtr, np.float32), np.asarray(xte, np.float32)
+    ytr, yte = d.y_train, d.y_test
+    if targets == "standard":
+        y64 = ytr.astype(np.float64)
+        y_mean, y_std = float(y64.mean()), max(float(y64.std()), 1e-8)
+        info.update(y_mean=y_mean, y_std=y_std)
+        ytr = ((y64 - y_mean) / y_std).astype(np.float32)
+        yte = ((yte.astype(np.float64) - y_mean) / y_std).astype(np.float32)
+    return replace(d, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, standardization=info)
+
+
+def _global_stats(x_train: np.ndarray) -> tuple[float, float]:
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = float(x_train.mean(dtype=np.float64))
+        std = max(float(x_train.std(dtype=np.float64)), 1e-8)
+    _check_finite_moments(mean, std)
+    return mean, std
+
+
 # --- digits --------------------------------------------------------------------------------------
 
 
@@ -298,7 +403,6 @@ def _digits(test_fraction: float) -> Dataset:
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).reshape(-1, 8, 8).astype(np.float32)
     xtr, ytr, xte, yte = _split(x, y.astype(np.int32), test_fraction, "digits")
-    xtr, xte = _standardise_global(xtr, xte)
     return Dataset("digits", xtr, ytr, xte, yte, "classification", 10)
 
 
@@ -394,10 +498,8 @@ def _idx_dataset(name: str, root: str | None) -> Dataset:
             f"{files['x_train']} and {files['x_test']}: train images are "
             f"{arrays['x_train'].shape[1:]} but test images are {arrays['x_test'].shape[1:]}"
         )
-    xtr, xte = _standardise_global(
-        arrays["x_train"].astype(np.float32) / np.float32(255.0),
-        arrays["x_test"].astype(np.float32) / np.float32(255.0),
-    )
+    xtr = arrays["x_train"].astype(np.float32) / np.float32(255.0)
+    xte = arrays["x_test"].astype(np.float32) / np.float32(255.0)
     ytr, yte = arrays["y_train"].astype(np.int32), arrays["y_test"].astype(np.int32)
     return Dataset(name, xtr, ytr, xte, yte, "classification", 10)
 
@@ -486,13 +588,8 @@ def _npz(
             )
         num_classes = 0
         ytr, yte = ytr.astype(np.float32), yte.astype(np.float32)
-    try:
-        if xtr.ndim == 2:
-            xtr, xte = _standardise_features(xtr, xte)
-        else:
-            xtr, xte = _standardise_global(xtr.astype(np.float64), xte.astype(np.float64))
-    except ValueError as exc:
-        raise DataError(f"{file}: x has {exc}; rescale the inputs") from exc
+    if xtr.ndim > 2:  # images are standardised from float64 (as before the standardize key)
+        xtr, xte = xtr.astype(np.float64), xte.astype(np.float64)
     return Dataset("npz", xtr, ytr, xte, yte, task, num_classes)
 
 
@@ -537,6 +634,19 @@ def class_count(source: str, labels, num_classes: int | None) -> int:
             "allow classes without examples"
         )
     return top + 1
+
+
+# --- diabetes --------------------------------------------------------------------------------
+
+
+def _diabetes(test_fraction: float) -> Dataset:
+    """scikit-learn's diabetes regression (442 patients, 10 raw features, disease progression
+    after one year); ships with scikit-learn, no download."""
+    from sklearn.datasets import load_diabetes
+
+    x, y = load_diabetes(return_X_y=True, scaled=False)
+    xtr, ytr, xte, yte = _split(x, y, test_fraction, "diabetes")
+    return Dataset("diabetes", xtr, ytr, xte, yte, "regression", 0)
 
 
 # --- synthetic_regression ------------------------------------------------------------------------

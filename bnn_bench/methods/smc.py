@@ -97,7 +97,10 @@ def run(job: Job) -> dict[str, Any]:
     results = test_metrics(run_state, reliability=True)
     if cfg.save_posterior:
         write_posterior(
-            job.out_dir / "posterior.npz", run_state.smc.particles, run_state.smc.log_weights
+            job.out_dir / "posterior.npz",
+            run_state.smc.particles,
+            run_state.smc.log_weights,
+            **job.data.standardization_arrays(),
         )
     results.update(
         schedule=plan.name,

@@ -80,7 +80,9 @@ def run(job: Job) -> dict[str, Any]:
     results = test_metrics(state.q, reliability=True)
     if cfg.save_posterior:
         samples = family.sample(key_pred, state.q, vi.num_predictive_samples)
-        write_vi_posterior(job.out_dir / "posterior.npz", state.q, samples)
+        write_vi_posterior(
+            job.out_dir / "posterior.npz", state.q, samples, **job.data.standardization_arrays()
+        )
     tail = history[-max(1, len(history) // 10) :]  # the last 10% of iterations
     results.update(
         algorithm=vi.algorithm,
