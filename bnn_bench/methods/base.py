@@ -45,6 +45,22 @@ def no_data_checks(cfg: DictConfig, data) -> None:
     """A method with nothing to check against the loaded data."""
 
 
+def batch_size_check(section: str) -> Callable[[DictConfig, Any], None]:
+    """check_data of a method whose `<section>.batch_size` rows must fit the training set."""
+
+    def check(cfg: DictConfig, data) -> None:
+        from bnn_bench.errors import ConfigError
+
+        m = cfg[section].batch_size
+        if m > data.n_train:
+            raise ConfigError(
+                f"{section}.batch_size={m} is not allowed; it must be between 1 and "
+                f"N={data.n_train} (the training-set size of dataset={cfg.dataset.name})"
+            )
+
+    return check
+
+
 def no_row(results: dict[str, Any]) -> tuple[str, str]:
     """A method whose jobs all share one report row."""
     return "", ""

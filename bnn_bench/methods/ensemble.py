@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig
-
 from bnn_bench import build
-from bnn_bench.errors import ConfigError
 from bnn_bench.lifecycle import raise_if_stopped
-from bnn_bench.methods.base import Job, Method
+from bnn_bench.methods.base import Job, Method, batch_size_check
 
 
 def run(job: Job) -> dict[str, Any]:
@@ -118,20 +115,12 @@ def run(job: Job) -> dict[str, Any]:
     return results
 
 
-def check_data(cfg: DictConfig, data) -> None:
-    if cfg.ensemble.batch_size > data.n_train:
-        raise ConfigError(
-            f"ensemble.batch_size={cfg.ensemble.batch_size} is not allowed; it must be between 1 "
-            f"and N={data.n_train} (the training-set size of dataset={cfg.dataset.name})"
-        )
-
-
 METHOD = Method(
     name="ensemble",
     run=run,
     num_iterations=lambda cfg: cfg.ensemble.num_epochs,  # one iteration is an epoch
     labels=lambda cfg: (f"m{cfg.ensemble.num_members}",),
     progress_key="loss",
-    check_data=check_data,
+    check_data=batch_size_check("ensemble"),
     row=lambda results: (f"{results.get('num_members', '?')} members", ""),
 )

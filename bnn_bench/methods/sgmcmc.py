@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from omegaconf import DictConfig
-
 from bnn_bench import build
-from bnn_bench.errors import ConfigError
 from bnn_bench.lifecycle import raise_if_stopped
-from bnn_bench.methods.base import Job, Method
+from bnn_bench.methods.base import Job, Method, batch_size_check
 
 
 class SGMCMCRun(NamedTuple):
@@ -128,21 +125,13 @@ def run(job: Job) -> dict[str, Any]:
     return results
 
 
-def check_data(cfg: DictConfig, data) -> None:
-    if cfg.sgmcmc.batch_size > data.n_train:
-        raise ConfigError(
-            f"sgmcmc.batch_size={cfg.sgmcmc.batch_size} is not allowed; it must be between 1 and "
-            f"N={data.n_train} (the training-set size of dataset={cfg.dataset.name})"
-        )
-
-
 METHOD = Method(
     name="sgmcmc",
     run=run,
     num_iterations=lambda cfg: cfg.sgmcmc.num_iterations,
     labels=lambda cfg: (cfg.sgmcmc.algorithm, cfg.sgmcmc.step_schedule),
     progress_key="draws",
-    check_data=check_data,
+    check_data=batch_size_check("sgmcmc"),
     row=lambda results: (str(results.get("algorithm", "?")), str(results.get("step_schedule", ""))),
     variant_order=("sgld", "sghmc"),
 )

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig
-
 from bnn_bench import build
-from bnn_bench.errors import ConfigError
 from bnn_bench.lifecycle import raise_if_stopped
-from bnn_bench.methods.base import Job, Method
+from bnn_bench.methods.base import Job, Method, batch_size_check
 
 
 def run(job: Job) -> dict[str, Any]:
@@ -104,21 +101,13 @@ def run(job: Job) -> dict[str, Any]:
     return results
 
 
-def check_data(cfg: DictConfig, data) -> None:
-    if cfg.vi.batch_size > data.n_train:
-        raise ConfigError(
-            f"vi.batch_size={cfg.vi.batch_size} is not allowed; it must be between 1 and "
-            f"N={data.n_train} (the training-set size of dataset={cfg.dataset.name})"
-        )
-
-
 METHOD = Method(
     name="vi",
     run=run,
     num_iterations=lambda cfg: cfg.vi.num_iterations,
     labels=lambda cfg: (cfg.vi.algorithm,),
     progress_key="neg_elbo",
-    check_data=check_data,
+    check_data=batch_size_check("vi"),
     row=lambda results: (str(results.get("algorithm", "?")), ""),
     variant_order=("score_prox", "advi", "gsm", "bam"),
 )
