@@ -17,13 +17,13 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
-import blackjax
-import blackjax.diagnostics
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from blackjax.adaptation.base import get_filter_adapt_info_fn
+
+# blackjax is imported where it is used: its import starts the JAX backend, which must wait for
+# the platform settings (bnn_bench.backend), and the config schema imports this module.
 
 ALGORITHMS = ("nuts", "hmc")
 INITS = ("map", "prior")
@@ -124,6 +124,8 @@ def initial_positions(
 
 
 def _algorithm(config: HMCConfig):
+    import blackjax
+
     if config.algorithm == "nuts":
         return blackjax.nuts, {"max_num_doublings": config.max_tree_depth}
     return blackjax.hmc, {"num_integration_steps": config.num_integration_steps}
@@ -138,6 +140,9 @@ def warmup(
     rng_key: jax.Array, log_density: Callable, positions: jax.Array, config: HMCConfig
 ) -> tuple[Chains, ChunkInfo]:
     """blackjax.window_adaptation on every chain (vmapped): tuned chains and the warmup's sums."""
+    import blackjax
+    from blackjax.adaptation.base import get_filter_adapt_info_fn
+
     algorithm, extra = _algorithm(config)
     adaptation = blackjax.window_adaptation(
         algorithm,
@@ -273,6 +278,8 @@ def diagnostics(values: np.ndarray) -> dict[str, float]:
     with probability 1 in float32) carry no information and are skipped. Returns the max and
     median R-hat, min and median ESS, and how many columns were used.
     """
+    import blackjax.diagnostics
+
     values = np.asarray(values, np.float64)
     flat = values.reshape(-1, values.shape[-1])
     varied = np.ptp(flat, axis=0) > 0

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
 
-import blackjax
 import jax
 import jax.numpy as jnp
 
@@ -108,6 +107,8 @@ def init(position: jax.Array) -> SGMCMCState:
 
 
 def _kernel(config: SGMCMCConfig, grad_estimator: Callable):
+    import blackjax  # here, not at the top: its import starts the JAX backend (bnn_bench.backend)
+
     if config.algorithm == "sgld":
         return blackjax.sgld(grad_estimator)
     return blackjax.sghmc(
