@@ -14,7 +14,6 @@ from omegaconf import DictConfig, OmegaConf
 from bnn_bench import build, hardware, rundir
 from bnn_bench.checkpoint import Checkpoints
 from bnn_bench.config import validate
-from bnn_bench.errors import ConfigError
 from bnn_bench.lifecycle import STOP, one_line, results_ready, status_of, stop_on_signals
 from bnn_bench.methods import METHODS, Job
 from bnn_bench.plots import run_plots
@@ -43,7 +42,7 @@ def _run_job(cfg: DictConfig, hc) -> dict[str, Any]:
     validate(cfg)
     method = METHODS[cfg.method.name]
     cores = hardware.configure(cfg.hardware, job_num=hc.job.num if multirun else 0)
-    out_dir = output_dir(Path(hc.runtime.output_dir))
+    out_dir = rundir.output_dir(Path(hc.runtime.output_dir))
     config = OmegaConf.to_container(cfg, resolve=True)
     checkpoints = Checkpoints(out_dir / "checkpoint.npz", config, cfg.checkpoint_every)
     resumed = rundir.resume_point(out_dir, checkpoints, resume=cfg.resume, overwrite=cfg.overwrite)
@@ -129,17 +128,6 @@ def _run_job(cfg: DictConfig, hc) -> dict[str, Any]:
         raise
     finally:
         wandb_run.finish(exit_code)
-
-
-def output_dir(out: Path) -> Path:
-    """The job's output directory, checked writable by a probe that touches nothing there."""
-    from bnn_bench.tracking import check_writable_dir
-
-    try:
-        check_writable_dir(out)
-    except OSError as exc:
-        raise ConfigError(f"output directory {out} is not writable ({exc.strerror})") from exc
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -133,3 +133,14 @@ def check_before_start(out_dir: Path, config: dict[str, Any]) -> None:
         overwrite=bool(config.get("overwrite")),
         quiet=True,
     )
+
+
+def output_dir(out: Path) -> Path:
+    """The job's output directory, checked writable by a probe that touches nothing there."""
+    from bnn_bench.tracking import check_writable_dir
+
+    try:
+        check_writable_dir(out)
+    except OSError as exc:
+        raise ConfigError(f"output directory {out} is not writable ({exc.strerror})") from exc
+    return out
