@@ -50,6 +50,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reference", default=REFERENCE)
     p.add_argument("--save", default=None, help="write the predictive probabilities here (npz)")
+    p.add_argument(
+        "--final-sweeps",
+        type=int,
+        default=0,
+        help="after the path ends, this many more sweeps of the moves on the posterior; the "
+        "predictive is then averaged over the clouds after each (TV printed per sweep count)",
+    )
     a = p.parse_args()
 
     register_configs()
@@ -131,6 +138,37 @@ def main() -> None:
         out["agreement"] = float(np.mean(probs.argmax(1) == ref.argmax(1)))
         out["ref_example_grads"] = int(
             json.loads(str(np.load(a.reference)["diagnostics"]))["example_grads"]
+        )
+    if a.final_sweeps and a.reference:
+        # exact.final_sweep, as smc.final_sweeps runs it; TV of the predictive averaged over the
+        # clouds so far, and of the last cloud alone, after every sweep
+        ref = np.load(a.reference)["probs"]
+        total, curve, st = probs * 1.0, {}, state
+        t1 = time.perf_counter()
+        for s_i in range(a.final_sweeps):
+            st, info = exact.final_sweep(
+                jax.random.fold_in(key_run, 2**31 - 1),
+                st,
+                x,
+                y,
+                jnp.asarray(s_i, jnp.uint32),
+                log_prior=posterior.log_prior,
+                log_likelihood=posterior.log_likelihood,
+                config=config,
+            )
+            lp = particle_outputs(posterior, st.particles, data.x_test)
+            pr = np.exp(np.asarray(metrics.predictive_log_probs(lp, st.log_weights)))
+            total = total + pr
+            avg = total / (s_i + 2)
+            curve[s_i + 1] = [
+                round(float(np.mean(0.5 * np.abs(avg - ref).sum(1))), 4),
+                round(float(np.mean(0.5 * np.abs(pr - ref).sum(1))), 4),
+                round(float(info.accept), 3),
+            ]
+        out["sweeps_tv_mean_tv_last_accept"] = curve
+        out["sweep_seconds"] = round(time.perf_counter() - t1, 1)
+        out["sweep_example_grads"] = (
+            a.particles * n * moves.gradient_evaluations(move) * (a.final_sweeps)
         )
     if a.save:
         np.savez(a.save, probs=probs)

@@ -362,6 +362,62 @@ def step(
     return new_state, info
 
 
+class SweepInfo(NamedTuple):
+    accept: jax.Array  # mean MH acceptance of the sweep
+    divergent: jax.Array
+    step_size: jax.Array  # h used by the sweep
+
+
+@partial(jax.jit, static_argnames=("log_prior", "log_likelihood", "config"))
+def final_sweep(
+    rng_key: jax.Array,
+    state: ExactState,
+    x: jax.Array,
+    y: jax.Array,
+    sweep: jax.Array,
+    *,
+    log_prior: Callable,
+    log_likelihood: Callable,
+    config: ExactConfig,
+) -> tuple[ExactState, SweepInfo]:
+    """One more round of the moves (`num_mcmc_steps` MH steps per particle) on the cloud's
+    current target, after the path has ended (`smc.final_sweeps`).
+
+    The moves leave the target invariant and the weights alone, so the cloud after every sweep
+    is another weighted sample of the same target, and the predictive may average over the
+    clouds of all sweeps (methods/smc_exact.py does): more draws for the cost of moves alone,
+    where more particles would also pay for every reweighting and bridge. x, y: the rows of the
+    target (all N at the end of the path). Sweep s's key is fold_in(rng_key, s); the step size
+    keeps adapting from each sweep's acceptance, as between iterations.
+    """
+    wts = row_weights(x.shape[0], state.m_from, state.m_to, state.lam)
+
+    def logdensity(theta):
+        return log_prior(theta) + weighted_log_likelihood(log_likelihood, theta, x, y, wts)
+
+    inverse_mass = None
+    if config.move.mass == "diag":
+        inverse_mass = diagonal_inverse_mass(state.particles, state.log_weights)
+    h = state.step_size
+    moved, info = moves.mh_moves(
+        jax.random.fold_in(rng_key, sweep),
+        state.particles,
+        logdensity,
+        h,
+        config.move,
+        inverse_mass=inverse_mass,
+        particle_map=config.particle_map,
+        particle_chunk=config.particle_chunk,
+    )
+    finite = jnp.all(jnp.isfinite(moved), axis=1)
+    moved = jnp.where(finite[:, None], moved, state.particles)
+    mean_accept = jnp.mean(info.accept)
+    new = state._replace(
+        particles=moved, step_size=moves.next_step_size(h, mean_accept, config.move)
+    )
+    return new, SweepInfo(mean_accept, jnp.sum(info.divergent), h)
+
+
 def final_target(state: ExactState, num_data: int) -> str:
     """Which posterior the cloud targets, in words (results.json's `final_target`)."""
     m_from, m_to, lam = int(state.m_from), int(state.m_to), float(state.lam)
