@@ -5,7 +5,16 @@ import json
 import pytest
 from conftest import read_jsonl
 
-TINY = ["smc.num_particles=8", "smc.num_iterations=6", "logger=none", "log_every=2"]
+# The runner's mechanics on the paper's formulation (seconds a run); the exact default has its own
+# test below and tests/test_exact_smc_cli.py.
+TINY = [
+    "smc.path=minibatch",
+    "schedule=ctr",
+    "smc.num_particles=8",
+    "smc.num_iterations=6",
+    "logger=none",
+    "log_every=2",
+]
 
 RESULT_KEYS = {
     "accuracy",
@@ -40,7 +49,7 @@ METRIC_KEYS = {
 
 
 @pytest.mark.slow
-def test_default_run_writes_complete_results(run_cli, tmp_path):
+def test_minibatch_run_writes_complete_results(run_cli, tmp_path):
     out = tmp_path / "run"
     proc = run_cli(*TINY, "eval_every=3", "schedule.batch_size=200", f"hydra.run.dir={out}")
     assert proc.returncode == 0, proc.stderr
@@ -158,6 +167,7 @@ def test_regression_run(run_cli, tmp_path):
         "model=linear",
         "likelihood=gaussian",
         "likelihood.noise_std=0.5",
+        "smc.path=minibatch",
         "schedule=full",
         "proposal.step_size=0.01",
         "smc.num_particles=64",
@@ -175,9 +185,10 @@ def test_regression_run(run_cli, tmp_path):
 def test_sda_with_adapted_step_size_stops_early_and_reports_iterations(run_cli, tmp_path):
     out = tmp_path / "run"
     proc = run_cli(
-        "smc.num_particles=8", "smc.num_iterations=60", "logger=none", "log_every=4",
-        "schedule=sda", "schedule.batch_size=400", "schedule.window=2", "schedule.entropy_tol=0.5",
-        "proposal.adapt_step_size=true", "eval_every=4", f"hydra.run.dir={out}",
+        "smc.path=minibatch", "smc.num_particles=8", "smc.num_iterations=60", "logger=none",
+        "log_every=4", "schedule=sda", "schedule.batch_size=400", "schedule.window=2",
+        "schedule.entropy_tol=0.5", "proposal.adapt_step_size=true", "eval_every=4",
+        f"hydra.run.dir={out}",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     results = json.loads((out / "results.json").read_text())

@@ -31,16 +31,43 @@ def composer():
 
 def test_defaults(composer):
     cfg = composer()
-    assert (cfg.method.name, cfg.schedule.name, cfg.proposal.name) == ("smc", "ctr", "hmc")
+    assert (cfg.method.name, cfg.schedule.name, cfg.proposal.name) == ("smc", "automated", "hmc")
     assert (cfg.dataset.name, cfg.model.name, cfg.likelihood.name) == (
         "digits",
         "mlp",
         "categorical",
     )
     assert cfg.logger.name == "wandb"
-    assert (cfg.schedule.batch_size, cfg.schedule.refine_at) == (500, 0.9)
-    assert (cfg.proposal.num_steps, cfg.proposal.step_size) == (3, 0.002)
+    assert cfg.smc.path == "nested" and cfg.proposal.step_size is None  # the path's (below)
     validate(cfg)
+    assert (cfg.schedule.batch_size, cfg.schedule.refine_at) == (100, 0.9)
+    assert (cfg.proposal.num_steps, cfg.proposal.step_size) == (10, 0.1)
+    assert cfg.proposal.adapt_step_size and cfg.proposal.correction == "mh"
+    assert (cfg.smc.num_iterations, cfg.smc.final_sweeps) == (20, 10)
+
+
+def test_path_defaults_fill_only_what_is_unset(composer):
+    from bnn_bench.config import PATH_DEFAULTS
+
+    cfg = composer("smc.path=minibatch")
+    validate(cfg)  # the SMC paper's values
+    assert (cfg.smc.num_iterations, cfg.schedule.batch_size) == (1000, 500)
+    assert (cfg.proposal.num_steps, cfg.proposal.step_size) == (3, 0.002)
+    assert not cfg.proposal.adapt_step_size and cfg.proposal.correction == "none"
+    assert cfg.smc.final_sweeps == 0
+    cfg = composer("proposal.step_size=0.05", "smc.num_iterations=7", "proposal=langevin")
+    validate(cfg)  # what is set wins; langevin's S = 1 comes from its option
+    assert (cfg.proposal.step_size, cfg.smc.num_iterations, cfg.proposal.num_steps) == (0.05, 7, 1)
+    for preset in ("paper_fmnist_cnn_reduced", "paper_mnist_lenet5", "fmnist_cnn_reduced"):
+        cfg = composer(f"experiment={preset}")
+        validate(cfg)
+        assert (cfg.smc.path, cfg.schedule.name, cfg.proposal.correction) == (
+            "minibatch",
+            "ctr",
+            "none",
+        )
+    assert set(PATH_DEFAULTS) == {"nested", "tempered", "minibatch"}
+    assert set(PATH_DEFAULTS["nested"]) == set(PATH_DEFAULTS["minibatch"])
 
 
 def test_every_group_option_exists_and_composes(composer):

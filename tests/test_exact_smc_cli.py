@@ -9,6 +9,7 @@ TINY = [
     "smc.num_particles=8",
     "smc.num_iterations=4",
     "smc.num_mcmc_steps=1",
+    "smc.final_sweeps=0",
     "proposal.num_steps=2",
     "proposal.step_size=0.05",
     "proposal.adapt_step_size=true",
@@ -47,13 +48,14 @@ def test_nested_constant_run_reports_evidence_and_its_final_target(run_cli, tmp_
 @pytest.mark.slow
 def test_tempered_run_ends_at_the_posterior(run_cli, tmp_path):
     out = tmp_path / "run"
-    # smc.num_iterations caps a tempered run (its temperatures are adaptive)
-    proc = run_cli(*TINY, "smc.path=tempered", "smc.num_iterations=200", f"hydra.run.dir={out}")
+    # a tempered run chooses its temperatures and ends at the posterior (TINY's K = 4 is no cap)
+    proc = run_cli(*TINY, "smc.path=tempered", f"hydra.run.dir={out}")
     assert proc.returncode == 0, proc.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["final_target"] == "posterior" and results["path"] == "tempered"
     rows = read_jsonl(out / "metrics.jsonl")
     assert rows[-1]["lambda"] == 1.0 and all(r["batch_size"] == 200 for r in rows)
+    assert results["iterations"] > 4
 
 
 @pytest.mark.parametrize(
@@ -63,6 +65,8 @@ def test_tempered_run_ends_at_the_posterior(run_cli, tmp_path):
         (["smc.path=nested", "proposal.correction=none"], "proposal.correction"),
         (["smc.path=nested", "schedule=sda"], "schedule=sda"),
         (["smc.path=sideways"], "smc.path"),
+        (["smc.path=minibatch", "smc.final_sweeps=2"], "smc.final_sweeps"),
+        (["smc.final_sweeps=-1"], "smc.final_sweeps"),
         (["smc.path=tempered", "smc.num_mcmc_steps=0"], "smc.num_mcmc_steps"),
     ],
 )
@@ -70,3 +74,25 @@ def test_path_settings_are_checked(run_cli, tmp_path, args, key):
     proc = run_cli(*args, "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode != 0
     assert key in proc.stderr
+
+
+@pytest.mark.slow
+def test_final_sweeps_are_counted_and_pooled(run_cli, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(
+        *(a for a in TINY if not a.startswith("smc.final_sweeps")),
+        "smc.path=nested",
+        "schedule=constant",
+        "smc.final_sweeps=3",
+        f"hydra.run.dir={out}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["final_sweeps"] == 3 and results["num_draws"] == 8 * 4
+    rows = read_jsonl(out / "metrics.jsonl")
+    sweeps = [r for r in rows if "sweep" in r]
+    assert [r["sweep"] for r in sweeps] == [1, 2, 3]
+    path_rows = [r for r in rows if "sweep" not in r]
+    per_sweep = 8 * 50 * (1 * 2 + 1)  # J * rows of the final target * gradients per particle
+    assert results["example_grads"] == path_rows[-1]["example_grads"] + 3 * per_sweep
+    assert sweeps[-1]["example_grads"] == results["example_grads"]

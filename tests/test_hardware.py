@@ -9,6 +9,7 @@ from conftest import cli_env
 from bnn_bench.hardware import pin_cores
 
 TINY = [
+    "smc.path=minibatch",
     "model=linear",
     "smc.num_particles=8",
     "smc.num_iterations=12",

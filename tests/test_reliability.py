@@ -15,6 +15,7 @@ from bnn_bench.errors import ConfigError
 
 # Long enough (thousands of cheap full-batch iterations) that a kill lands mid-run.
 LONG = [
+    "smc.path=minibatch",
     "model=linear",
     "schedule=full",
     "smc.num_particles=8",
@@ -293,6 +294,7 @@ def test_vi_sigterm_then_resume_ends_as_if_never_stopped(tmp_path, run_cli):
 
 
 ADAPTIVE_LONG = [
+    "smc.path=minibatch",
     "model=linear",
     "schedule=ctr_adaptive",
     "schedule.batch_size=100",

@@ -20,7 +20,13 @@ from conftest import CLI, REPO, cli_env
 from bnn_bench import checkpoint, lifecycle, rundir
 from bnn_bench.errors import ConfigError, DataError, RunInterrupted
 
-TINY = ["model=linear", "smc.num_particles=4", "logger=none", "progress=false"]
+TINY = [
+    "smc.path=minibatch",
+    "model=linear",
+    "smc.num_particles=4",
+    "logger=none",
+    "progress=false",
+]
 
 
 def digest(directory):
@@ -204,7 +210,13 @@ def _wait_for(path, proc, timeout=240):
 @pytest.mark.slow
 def test_ctrl_c_checkpoints_and_exits_130_in_one_line(tmp_path, run_cli):
     out = tmp_path / "run"
-    args = ["schedule=full", "smc.num_iterations=4000", "checkpoint_every=0", "log_every=50"]
+    args = [
+        "smc.path=minibatch",
+        "schedule=full",
+        "smc.num_iterations=4000",
+        "checkpoint_every=0",
+        "log_every=50",
+    ]
     args = [*TINY, *args, "smc.num_particles=8", f"hydra.run.dir={out}"]
     proc = subprocess.Popen(
         [*CLI, *args], cwd=REPO, env=cli_env(), stderr=subprocess.PIPE, text=True

@@ -225,8 +225,14 @@ def test_corruptions_grow_with_severity_and_stay_in_pixel_range():
 
 # --- through the CLI -----------------------------------------------------------------------------
 
-TINY = ["smc.num_particles=8", "smc.num_iterations=4", "logger=none", "progress=false"]
-TINY_VI = ["method=vi", "vi.num_iterations=4", "vi.num_predictive_samples=4", *TINY[2:]]
+TINY = [
+    "smc.path=minibatch",
+    "smc.num_particles=8",
+    "smc.num_iterations=4",
+    "logger=none",
+    "progress=false",
+]
+TINY_VI = ["method=vi", "vi.num_iterations=4", "vi.num_predictive_samples=4", *TINY[3:]]
 EVALUATION = [
     "evaluation.ood=[uniform_noise,sample_patches]",
     "evaluation.shift.rotations=[0,45]",

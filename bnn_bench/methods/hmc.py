@@ -84,6 +84,18 @@ def run(job: Job) -> dict[str, Any]:
         counters.update(meta["counters"])
         start = meta["iteration"]
     else:
+        if cfg.progress:  # the MAP fits and blackjax's window adaptation are one jitted call each
+            start_of = (
+                f"{config.init_steps} Adam steps to a MAP start"
+                if config.init == "map"
+                else "a prior draw"
+            )
+            print(
+                f"[bnn-bench] hmc: {chains_n} chains, each from {start_of}, then "
+                f"{config.num_warmup} warmup transitions (blackjax window adaptation, one jitted "
+                "call: no progress until it ends; a SIGTERM takes effect then)",
+                file=sys.stderr,
+            )
         positions = hmc.initial_positions(key_init, post.prior_std, log_density, config)
         chains, warm = hmc.warmup(key_warm, log_density, positions, config)
         warm = jax.device_get(warm)

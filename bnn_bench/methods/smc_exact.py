@@ -17,17 +17,9 @@ EXACT_PATHS = ("nested", "tempered")
 SMC_PATHS = (*EXACT_PATHS, "minibatch")
 CORRECTIONS = ("mh", "none")
 NESTED_SCHEDULES = ("full", "constant", "ctr", "linear", "automated")
-# Fixed schedules under nested: K schedule entries plus the bridge steps the jumps need; the cap
-# only guards against a run that never ends.
+# Fixed schedules under nested: K schedule entries plus the bridge steps the jumps need; the
+# allowance only guards against a run that never ends (tempered and automated: their only cap).
 BRIDGE_ALLOWANCE = 10_000
-
-
-def correction(cfg: DictConfig) -> str:
-    """proposal.correction, null resolved: mh on the exact paths, none on minibatch."""
-    c = cfg.proposal.correction
-    if c is None:
-        return "none" if cfg.smc.path == "minibatch" else "mh"
-    return c
 
 
 def validate(cfg: DictConfig) -> None:
@@ -37,7 +29,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"smc.path={smc.path} is not allowed; choose one of: {', '.join(SMC_PATHS)}"
         )
-    c = correction(cfg)
+    c = cfg.proposal.correction  # resolved by the path (config.PATH_DEFAULTS)
     if c not in CORRECTIONS:
         raise ConfigError(
             f"proposal.correction={c} is not allowed; choose one of: {', '.join(CORRECTIONS)}"
@@ -47,6 +39,11 @@ def validate(cfg: DictConfig) -> None:
             f"smc.num_mcmc_steps={smc.num_mcmc_steps} is not allowed; it must be >= 1"
         )
     if smc.path == "minibatch":
+        if smc.final_sweeps:
+            raise ConfigError(
+                f"smc.final_sweeps={smc.final_sweeps} is not available with smc.path=minibatch "
+                "(its moves are not invariant for the posterior); use 0, or smc.path=nested"
+            )
         if c != "none":
             raise ConfigError(
                 "proposal.correction=mh is not available with smc.path=minibatch (its weights "
@@ -85,11 +82,18 @@ def path_plan(cfg: DictConfig, num_data: int):
     from bnn_bench.inference.smc import exact, schedules
 
     s, k = cfg.schedule, cfg.smc.num_iterations
+    # tempered and automated choose their own targets and end at the posterior; the allowance
+    # only guards against a run that never ends
     if cfg.smc.path == "tempered":
-        return exact.PathPlan("tempered", num_data, k)
+        return exact.PathPlan("tempered", num_data, BRIDGE_ALLOWANCE)
     if s.name == "automated":
         return exact.PathPlan(
-            "nested", num_data, k, automated=True, growth=s.growth, first_size=s.batch_size
+            "nested",
+            num_data,
+            BRIDGE_ALLOWANCE,
+            automated=True,
+            growth=s.growth,
+            first_size=s.batch_size,
         )
     sizes = schedules.batch_sizes(
         s.name,
@@ -163,6 +167,7 @@ def run(job) -> dict[str, Any]:
 
     def callback(record, st):
         k = record["iter"]
+        last["time_s"] = record["time_s"]
         tally.update(iterations=k, example_grads=record["example_grads"])
         tally["n_resample"] += int(record["resampled"])
         tally["n_bridge"] += int(record["bridged"])
@@ -203,9 +208,12 @@ def run(job) -> dict[str, Any]:
     from bnn_bench.methods.smc import divergence_message
 
     raise_if_stopped(status, run_counts["iterations"], job.out_dir, divergence_message(cfg))
-    results = job.test_metrics(state.particles, state.log_weights, True)
+    particles, log_weights = final_sweeps(
+        job, state, x, y, key_run, config, run_counts, last.get("time_s", elapsed)
+    )
+    results = job.test_metrics(particles, log_weights, True)
     if cfg.save_posterior:
-        write_posterior(job.out_dir / "posterior.npz", state.particles, state.log_weights)
+        write_posterior(job.out_dir / "posterior.npz", particles, log_weights)
     final = exact.final_target(state, n)
     if not exact.path_finished(state, plan):
         final += f" (stopped at the iteration cap, {plan.max_iterations})"
@@ -216,6 +224,8 @@ def run(job) -> dict[str, Any]:
         correction="mh",
         num_mcmc_steps=smc.num_mcmc_steps,
         num_particles=smc.num_particles,
+        final_sweeps=smc.final_sweeps,
+        num_draws=int(particles.shape[0]),  # the predictive's: J per cloud, 1 + final_sweeps clouds
         adapt_step_size=bool(cfg.proposal.adapt_step_size),
         mass=cfg.proposal.mass,
         step_size=float(state.step_size),
@@ -225,3 +235,71 @@ def run(job) -> dict[str, Any]:
         **run_counts,
     )
     return results
+
+
+def final_sweeps(job, state, x, y, key_run, config, run_counts, elapsed):
+    """`smc.final_sweeps` more rounds of the moves on the final target (exact.final_sweep); the
+    predictive then averages over the clouds after every sweep and the last one of the path.
+
+    Returns (particles, log_weights) of all the clouds stacked, each cloud with the path's final
+    weights (so each counts 1 / (1 + final_sweeps)). Every sweep is an iteration record and
+    its gradients are in example_grads. On SIGTERM between sweeps the run stops with the path's
+    end as its checkpoint: a resumed run repeats the sweeps with the same keys.
+    """
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    from bnn_bench.inference.smc import exact, moves
+    from bnn_bench.lifecycle import raise_if_stopped
+
+    cfg, t0 = job.cfg, time.perf_counter()
+    num = cfg.smc.final_sweeps
+    if num == 0:
+        return state.particles, state.log_weights
+    end, end_counts = state, dict(run_counts)
+    rows = int(state.m_to)
+    xs, ys = x[:rows], y[:rows]
+    key = jax.random.fold_in(key_run, 2**31 - 1)  # iteration keys are fold_in(key_run, k)
+    grads = cfg.smc.num_particles * rows * moves.gradient_evaluations(config.move)
+    clouds = [state.particles]
+    for sweep in range(num):
+        if job.should_stop():
+            job.checkpoints.write(
+                end,
+                int(end.iteration),
+                run_counts=end_counts,
+                elapsed=elapsed,
+                wandb_id=job.reporter.run_id,
+            )
+            raise_if_stopped("stopped", run_counts["iterations"], job.out_dir, "")
+        state, info = exact.final_sweep(
+            key,
+            state,
+            xs,
+            ys,
+            jnp.asarray(sweep, jnp.uint32),
+            log_prior=job.posterior.log_prior,
+            log_likelihood=job.posterior.log_likelihood,
+            config=config,
+        )
+        clouds.append(state.particles)
+        run_counts["example_grads"] += grads
+        job.reporter.record(
+            {
+                "iter": run_counts["iterations"] + sweep + 1,
+                "sweep": sweep + 1,
+                "batch_size": rows,
+                "lambda": 1.0,
+                "accept_mean": float(info.accept),
+                "divergent": int(info.divergent),
+                "step_size": float(info.step_size),
+                "ess": float(jnp.exp(-jax.nn.logsumexp(2 * jax.nn.log_softmax(state.log_weights)))),
+                "progress": 1.0,
+                "time_s": elapsed + time.perf_counter() - t0,
+                "example_grads": run_counts["example_grads"],
+            }
+        )
+    particles = jnp.concatenate(clouds)
+    return particles, jnp.tile(state.log_weights, len(clouds))
