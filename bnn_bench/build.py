@@ -134,13 +134,19 @@ def evaluator(cfg: DictConfig, data, posterior, reference=None):
     return test_metrics
 
 
+def evaluates_uncertainty(cfg: DictConfig) -> bool:
+    """Whether evaluation.* asks for anything beyond the test set (OOD, shift, selective)."""
+    e = cfg.evaluation
+    return bool(e.ood or e.shift.rotations or e.shift.corruptions or e.selective)
+
+
 def uncertainty_plan(cfg: DictConfig, data):
     """evaluation.* as an evaluate.UncertaintyPlan of streamed sets, or None when none is asked."""
     from bnn_bench.data import ood, shift
     from bnn_bench.evaluate import UncertaintyPlan
 
     e = cfg.evaluation
-    if not (e.ood or e.shift.rotations or e.shift.corruptions or e.selective):
+    if not evaluates_uncertainty(cfg):
         return None
     stats = ood.input_statistics(
         data, path=cfg.dataset.path, test_fraction=cfg.dataset.test_fraction

@@ -20,8 +20,10 @@ mkdir -p "$OUT/synthetic"
   --out "$OUT/synthetic/exact.npz" --exact 1000 "${SYN[@]}"
 REF="reference=$OUT/synthetic/exact.npz"
 run "$OUT/synthetic/hmc" "${SYN[@]}" method=hmc "$REF"
-run "$OUT/synthetic/smc_full" "${SYN[@]}" method=smc schedule=full "$REF"
-run "$OUT/synthetic/smc_ctr" "${SYN[@]}" method=smc schedule.batch_size=100 "$REF"
+run "$OUT/synthetic/smc_exact" "${SYN[@]}" method=smc "$REF"  # the default: nested, automated
+run "$OUT/synthetic/smc_full" "${SYN[@]}" method=smc smc.path=minibatch schedule=full "$REF"
+run "$OUT/synthetic/smc_ctr" "${SYN[@]}" method=smc smc.path=minibatch schedule=ctr \
+  schedule.batch_size=100 "$REF"
 run "$OUT/synthetic/vi_score_prox" "${SYN[@]}" method=vi "$REF"
 run "$OUT/synthetic/vi_advi" "${SYN[@]}" method=vi vi.algorithm=advi "$REF"
 run "$OUT/synthetic/ensemble_5" "${SYN[@]}" method=ensemble "$REF"
@@ -32,8 +34,10 @@ DIA=(dataset=diabetes likelihood=gaussian likelihood.noise_std=0.7)
 run "$OUT/diabetes/hmc_seed0" "${DIA[@]}" method=hmc
 REF="reference=$OUT/diabetes/hmc_seed0/reference.npz"
 run "$OUT/diabetes/hmc_seed1" "${DIA[@]}" method=hmc seed=1 "$REF"
-run "$OUT/diabetes/smc_ctr" "${DIA[@]}" method=smc schedule.batch_size=100 "$REF"
-run "$OUT/diabetes/smc_full" "${DIA[@]}" method=smc schedule=full "$REF"
+run "$OUT/diabetes/smc_exact" "${DIA[@]}" method=smc "$REF"  # the default: nested, automated
+run "$OUT/diabetes/smc_ctr" "${DIA[@]}" method=smc smc.path=minibatch schedule=ctr \
+  schedule.batch_size=100 "$REF"
+run "$OUT/diabetes/smc_full" "${DIA[@]}" method=smc smc.path=minibatch schedule=full "$REF"
 run "$OUT/diabetes/vi_score_prox" "${DIA[@]}" method=vi "$REF"
 run "$OUT/diabetes/ensemble_5" "${DIA[@]}" method=ensemble "$REF"
 run "$OUT/diabetes/sgld" "${DIA[@]}" method=sgmcmc "$REF"

@@ -23,9 +23,18 @@ GROUPS = {
 
 @pytest.fixture
 def composer():
+    """Compose as the runner does before it builds anything: the path-dependent defaults filled
+    (config.resolve_path_defaults), the values not yet checked."""
+    from bnn_bench.config import resolve_path_defaults
+
+    def composed(*overrides):
+        cfg = compose(config_name="config", overrides=list(overrides))
+        resolve_path_defaults(cfg)
+        return cfg
+
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        yield lambda *o: compose(config_name="config", overrides=list(o))
+        yield composed
     GlobalHydra.instance().clear()
 
 
@@ -38,7 +47,7 @@ def test_defaults(composer):
         "categorical",
     )
     assert cfg.logger.name == "wandb"
-    assert cfg.smc.path == "nested" and cfg.proposal.step_size is None  # the path's (below)
+    assert cfg.smc.path == "nested"
     validate(cfg)
     assert (cfg.schedule.batch_size, cfg.schedule.refine_at) == (100, 0.9)
     assert (cfg.proposal.num_steps, cfg.proposal.step_size) == (10, 0.1)
@@ -159,7 +168,7 @@ def test_adaptive_keys_are_validated(composer, override, message):
     from bnn_bench.errors import ConfigError
 
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-        validate(composer(override))
+        validate(composer("smc.path=minibatch", override))
 
 
 def test_adaptive_plan_and_proposal_from_config(composer):
@@ -173,7 +182,7 @@ def test_adaptive_plan_and_proposal_from_config(composer):
     assert refine_iterations(schedule_plan(composer("schedule.refine_iterations=3"), 10)) == 3
     proposal = proposal_from_config(cfg)
     assert proposal.name == "chees" and proposal.adaptive
-    assert not proposal_from_config(composer()).adaptive
+    assert not proposal_from_config(composer("smc.path=minibatch")).adaptive
 
 
 def test_library_defaults_are_the_clis(composer):
@@ -185,7 +194,7 @@ def test_library_defaults_are_the_clis(composer):
     from bnn_bench.inference.smc.schedules import SchedulePlan
     from bnn_bench.inference.vi.family import VIConfig
 
-    cfg = composer()
+    cfg = composer("smc.path=minibatch", "schedule=ctr")  # the library's SMC is this path's
     smc = build.smc_config(cfg)
     assert smc._replace(proposal=None, particle_map="vmap") == SMCConfig(None)
     assert build.proposal(cfg) == Proposal(cfg.proposal.num_steps, cfg.proposal.step_size)
@@ -194,5 +203,5 @@ def test_library_defaults_are_the_clis(composer):
     vi = build.vi_config(composer("method=vi"), 1000)
     assert vi._replace(sample_map="scan") == VIConfig()
     for option in ("hmc", "langevin", "chees"):
-        p = build.proposal(composer(f"proposal={option}"))
+        p = build.proposal(composer("smc.path=minibatch", f"proposal={option}"))
         assert p._replace(num_steps=0, step_size=0.0, name="") == Proposal(0, 0.0, name="")

@@ -303,7 +303,8 @@ def _posterior_cloud(seed, num_particles):
     rng = np.random.default_rng(seed)
     cov = np.linalg.inv(X.T @ X / NOISE**2 + np.eye(D) / PRIOR**2)
     draws = rng.multivariate_normal(POST_MEAN, cov, size=num_particles).astype(np.float32)
-    state = exact.init(jax.random.key(seed), jnp.full(D, PRIOR), num_particles, 0.1)
+    # h near the posterior's scale (sd ~ 0.05), as the path's adaptation leaves it
+    state = exact.init(jax.random.key(seed), jnp.full(D, PRIOR), num_particles, 0.03)
     n = jnp.asarray(N, jnp.int32)
     return state._replace(particles=jnp.asarray(draws), m_from=n, m_to=n, done=jnp.asarray(True))
 

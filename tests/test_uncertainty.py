@@ -401,3 +401,21 @@ def test_the_evaluation_does_not_depend_on_the_chunk_size():
             assert chunked["shift"][kind][level] == pytest.approx(m, abs=1e-5)
     assert chunked["selective"] == pytest.approx(whole["selective"], abs=1e-9)
     assert whole["shift"]["rotation"]["0"]["accuracy"] == whole["accuracy"]
+
+
+@pytest.mark.slow
+def test_hmc_scores_its_kept_draws_on_the_ood_and_shifted_sets(run_cli, tmp_path):
+    out = tmp_path / "run"
+    tiny_hmc = ["method=hmc", "hmc.num_chains=2", "hmc.num_warmup=30", "hmc.num_samples=12"]
+    tiny_hmc += ["hmc.thin=2", "hmc.init_steps=50", "hmc.max_tree_depth=5"]
+    proc = run_cli(*tiny_hmc, *EVALUATION, *TINY[3:], f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads((out / "results.json").read_text())
+    assert set(r["ood"]) == {"test", "uniform_noise", "sample_patches"}
+    assert sum(r["ood"]["test"]["entropy_histogram"]) == r["n_test"]
+    # rotated by 0 is the test set: the same 12 draws give the run's own accuracy and NLL
+    clean = r["shift"]["rotation"]["0"]
+    assert clean["accuracy"] == pytest.approx(r["accuracy"]) and clean["nll"] == pytest.approx(
+        r["nll"], rel=1e-4
+    )
+    assert set(r["selective"]) == {"accuracy_at_50", "accuracy_at_80", "accuracy_at_90", "aurc"}

@@ -51,6 +51,9 @@ def run(job: Job) -> dict[str, Any]:
     num_kept = config.num_samples // config.thin
     chains_n, dim = config.num_chains, post.dim
     num_classes = data.num_classes if classification else 0
+    # the draws themselves are kept for posterior.npz, and for evaluation.* (OOD sets and shifted
+    # test sets are scored by every draw at the end, as for the other methods)
+    keep_positions = cfg.save_posterior or build.evaluates_uncertainty(cfg)
     key_init, key_warm, key_run = jax.random.split(jax.random.key(cfg.seed), 3)
 
     def observe(theta):
@@ -67,7 +70,7 @@ def run(job: Job) -> dict[str, Any]:
             jnp.zeros((), jnp.int32),
             jnp.zeros((num_kept, chains_n, n_test)),
             jnp.zeros((n_test, num_classes) if classification else (0,)),
-            jnp.zeros((num_kept if cfg.save_posterior else 0, chains_n, dim)),
+            jnp.zeros((num_kept if keep_positions else 0, chains_n, dim)),
         )
 
     counters: dict[str, Any] = {"example_grads": 0, "elapsed": 0.0, "divergences": 0}
@@ -129,7 +132,7 @@ def run(job: Job) -> dict[str, Any]:
             s = s._replace(draws=s.draws.at[i].set(seen))
             if classification:
                 s = s._replace(prob_sum=s.prob_sum + jnp.sum(probs, axis=0))
-            if cfg.save_posterior:
+            if keep_positions:
                 s = s._replace(positions=s.positions.at[i].set(chains.state.position))
             return s
 
@@ -207,6 +210,10 @@ def run(job: Job) -> dict[str, Any]:
     )
     raise_if_stopped(status, iterations, job.out_dir, "")
     results, predictive_out = predictive(state, num_kept)
+    if build.evaluates_uncertainty(cfg):  # ood / shift / selective of the kept draws
+        draws = jnp.asarray(state.positions).reshape(-1, dim)
+        scored = job.test_metrics(draws, jnp.zeros(len(draws)), True)
+        results.update({k: scored[k] for k in ("ood", "shift", "selective") if k in scored})
     if classification:
         results["reliability"] = metrics.reliability_summary(
             np.log(np.maximum(predictive_out, 1e-38)), data.y_test

@@ -286,20 +286,23 @@ def final_sweeps(job, state, x, y, key_run, config, run_counts, elapsed):
         )
         clouds.append(state.particles)
         run_counts["example_grads"] += grads
-        job.reporter.record(
-            {
-                "iter": run_counts["iterations"] + sweep + 1,
-                "sweep": sweep + 1,
-                "batch_size": rows,
-                "lambda": 1.0,
-                "accept_mean": float(info.accept),
-                "divergent": int(info.divergent),
-                "step_size": float(info.step_size),
-                "ess": float(jnp.exp(-jax.nn.logsumexp(2 * jax.nn.log_softmax(state.log_weights)))),
-                "progress": 1.0,
-                "time_s": elapsed + time.perf_counter() - t0,
-                "example_grads": run_counts["example_grads"],
-            }
-        )
+        record = {
+            "iter": run_counts["iterations"] + sweep + 1,
+            "sweep": sweep + 1,
+            "batch_size": rows,
+            "lambda": 1.0,
+            "accept_mean": float(info.accept),
+            "divergent": int(info.divergent),
+            "step_size": float(info.step_size),
+            "ess": float(jnp.exp(-jax.nn.logsumexp(2 * jax.nn.log_softmax(state.log_weights)))),
+            "progress": 1.0,
+            "time_s": elapsed + time.perf_counter() - t0,
+            "example_grads": run_counts["example_grads"],
+        }
+        if job.evaluate_every(sweep + 1):  # the predictive of the clouds so far
+            pooled = jnp.concatenate(clouds), jnp.tile(state.log_weights, len(clouds))
+            test = job.test_metrics(*pooled, False)
+            record.update({f"test_{name}": v for name, v in test.items()})
+        job.reporter.record(record)
     particles = jnp.concatenate(clouds)
     return particles, jnp.tile(state.log_weights, len(clouds))

@@ -295,9 +295,6 @@ def step(
     def logdensity(theta):
         return log_prior(theta) + weighted_log_likelihood(log_likelihood, theta, xb, yb, wts)
 
-    inverse_mass = None
-    if config.move.mass == "diag":
-        inverse_mass = diagonal_inverse_mass(particles, log_weights)
     # With adaptation, h follows the cloud's contraction since the last move (the targets can
     # sharpen several-fold in one iteration) and is nudged by the last acceptance (step 5).
     spread = cloud_spread(particles, log_weights)
@@ -305,18 +302,7 @@ def step(
     if config.move.adapt_step_size:
         ratio = spread / state.spread
         h = jnp.where(jnp.isfinite(ratio) & (ratio > 0), h * ratio, h)
-    moved, move_info = moves.mh_moves(
-        key_move,
-        particles,
-        logdensity,
-        h,
-        config.move,
-        inverse_mass=inverse_mass,
-        particle_map=config.particle_map,
-        particle_chunk=config.particle_chunk,
-    )
-    finite = jnp.all(jnp.isfinite(moved), axis=1)
-    moved = jnp.where(finite[:, None], moved, particles)
+    moved, move_info = _move(key_move, particles, log_weights, logdensity, h, config)
     mean_accept = jnp.mean(move_info.accept)
 
     # 5. the next step size; where the path stands
@@ -395,13 +381,25 @@ def final_sweep(
     def logdensity(theta):
         return log_prior(theta) + weighted_log_likelihood(log_likelihood, theta, x, y, wts)
 
+    h = state.step_size
+    key = jax.random.fold_in(rng_key, sweep)
+    moved, info = _move(key, state.particles, state.log_weights, logdensity, h, config)
+    mean_accept = jnp.mean(info.accept)
+    new = state._replace(
+        particles=moved, step_size=moves.next_step_size(h, mean_accept, config.move)
+    )
+    return new, SweepInfo(mean_accept, jnp.sum(info.divergent), h)
+
+
+def _move(key, particles, log_weights, logdensity, h, config: ExactConfig):
+    """The MH moves of every particle (the cloud's diagonal mass with proposal.mass=diag); a
+    particle whose move is not finite stays where it was."""
     inverse_mass = None
     if config.move.mass == "diag":
-        inverse_mass = diagonal_inverse_mass(state.particles, state.log_weights)
-    h = state.step_size
+        inverse_mass = diagonal_inverse_mass(particles, log_weights)
     moved, info = moves.mh_moves(
-        jax.random.fold_in(rng_key, sweep),
-        state.particles,
+        key,
+        particles,
         logdensity,
         h,
         config.move,
@@ -410,12 +408,7 @@ def final_sweep(
         particle_chunk=config.particle_chunk,
     )
     finite = jnp.all(jnp.isfinite(moved), axis=1)
-    moved = jnp.where(finite[:, None], moved, state.particles)
-    mean_accept = jnp.mean(info.accept)
-    new = state._replace(
-        particles=moved, step_size=moves.next_step_size(h, mean_accept, config.move)
-    )
-    return new, SweepInfo(mean_accept, jnp.sum(info.divergent), h)
+    return jnp.where(finite[:, None], moved, particles), info
 
 
 def final_target(state: ExactState, num_data: int) -> str:
