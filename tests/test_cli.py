@@ -205,3 +205,32 @@ def test_sda_with_adapted_step_size_stops_early_and_reports_iterations(run_cli, 
     # the scheduled path also gives the reliability diagram its bins and picture
     assert sum(results["reliability"]["bin_count"]) == results["n_test"]
     assert (out / "reliability.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_default_run_is_the_exact_sampler(run_cli, tmp_path):
+    """What `make run` runs, on a smaller cloud and training set: nested data annealing by the
+    automated schedule to the posterior, Metropolis-adjusted moves, final sweeps pooled."""
+    out = tmp_path / "run"
+    proc = run_cli(
+        "smc.num_particles=8",
+        "smc.final_sweeps=2",
+        "dataset.n_train=300",
+        "logger=none",
+        f"hydra.run.dir={out}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) >= RESULT_KEYS
+    assert (results["path"], results["schedule"], results["correction"]) == (
+        "nested",
+        "automated",
+        "mh",
+    )
+    assert results["final_target"] == "posterior" and results["status"] == "finished"
+    assert results["num_draws"] == 8 * 3 and results["log_evidence"] < 0
+    rows = read_jsonl(out / "metrics.jsonl")
+    sizes = [r["batch_size"] for r in rows]
+    # growing prefixes: at most C = 100 rows first (fewer where the weights allow no more)
+    assert sizes[0] <= 100 and sizes[-1] == 300 and sizes == sorted(sizes)
+    assert rows[-1]["sweep"] == 2 and rows[-1]["example_grads"] == results["example_grads"]

@@ -211,7 +211,8 @@ def test_a_real_sweep_with_a_lost_and_an_unstarted_job(tmp_path):
     """Hydra's own multirun.yaml and job directories: job 1 loses its results, job 2's
     directory goes; the report names both, from the record, and exits 1."""
     sweep = tmp_path / "sweep"
-    args = ["-m", "model=linear", "smc.num_particles=4", "smc.num_iterations=3", "seed=0,1,2"]
+    args = ["-m", "smc.path=minibatch", "schedule=ctr", "model=linear", "smc.num_particles=4"]
+    args += ["smc.num_iterations=3", "seed=0,1,2"]
     args += ["logger=none", "progress=false", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.run([*CLI, *args], cwd=REPO, env=cli_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

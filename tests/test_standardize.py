@@ -73,14 +73,21 @@ def test_metrics_in_original_units():
 
 
 @pytest.mark.slow
-def test_cli_reports_the_standardisation(tmp_path):
+@pytest.mark.parametrize(
+    "method",
+    [
+        ["smc.num_particles=4", "smc.num_iterations=3", "schedule=full", "smc.final_sweeps=1"],
+        ["smc.path=minibatch", "smc.num_particles=4", "smc.num_iterations=3", "schedule=full"],
+        ["method=ensemble", "ensemble.num_members=2", "ensemble.num_epochs=2"],
+    ],
+    ids=["smc_exact", "smc_minibatch", "ensemble"],
+)
+def test_cli_reports_the_standardisation(tmp_path, method):
     out = tmp_path / "run"
     r = cli(
         "dataset=diabetes",
         "likelihood=gaussian",
-        "smc.num_particles=4",
-        "smc.num_iterations=3",
-        "schedule=full",
+        *method,
         "logger=none",
         "progress=false",
         "save_posterior=true",

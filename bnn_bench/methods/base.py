@@ -40,6 +40,18 @@ class Job:
     def evaluate_every(self, iteration: int) -> bool:
         return bool(self.cfg.eval_every) and iteration % self.cfg.eval_every == 0
 
+    def write_posterior(self, particles, log_weights) -> None:
+        """posterior.npz (save_posterior=true): the draws, their log-weights and the data's
+        standardisation (x_mean, x_std, and y_mean, y_std for standardised targets)."""
+        from bnn_bench.tracking import write_posterior
+
+        write_posterior(
+            self.out_dir / "posterior.npz",
+            particles,
+            log_weights,
+            **self.data.standardization_arrays(),
+        )
+
 
 def no_data_checks(cfg: DictConfig, data) -> None:
     """A method with nothing to check against the loaded data."""

@@ -17,7 +17,6 @@ def run(job: Job) -> dict[str, Any]:
 
     from bnn_bench.inference import driver, ensemble
     from bnn_bench.posterior import make_log_target
-    from bnn_bench.tracking import write_posterior
 
     cfg, n = job.cfg, job.data.n_train
     config = build.ensemble_config(cfg)
@@ -101,7 +100,7 @@ def run(job: Job) -> dict[str, Any]:
     )
     results = job.test_metrics(state.params, members, reliability=True)
     if cfg.save_posterior:
-        write_posterior(job.out_dir / "posterior.npz", state.params, np.asarray(members))
+        job.write_posterior(state.params, np.asarray(members))
     results.update(
         num_members=config.num_members,
         num_epochs=config.num_epochs,

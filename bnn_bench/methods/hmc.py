@@ -39,7 +39,6 @@ def run(job: Job) -> dict[str, Any]:
     from bnn_bench import metrics
     from bnn_bench import reference as ref
     from bnn_bench.inference import driver, hmc
-    from bnn_bench.tracking import write_posterior
 
     cfg, post, data = job.cfg, job.posterior, job.data
     config = build.hmc_config(cfg)
@@ -244,9 +243,7 @@ def run(job: Job) -> dict[str, Any]:
     if cfg.save_posterior:
         particles = np.asarray(state.positions).reshape(-1, dim)
         extra["particles"] = particles
-        write_posterior(
-            job.out_dir / "posterior.npz", particles, np.zeros(len(particles), np.float32)
-        )
+        job.write_posterior(particles, np.zeros(len(particles), np.float32))
     ident = ref.target_identity(cfg, data)
     record = {**summary, "seed": cfg.seed, "accuracy": results.get("accuracy")}
     record.update({k: results[k] for k in ("nll", "ece", "rmse") if k in results})

@@ -22,7 +22,6 @@ def run(job: Job) -> dict[str, Any]:
 
     from bnn_bench.inference import driver, sgmcmc
     from bnn_bench.posterior import make_log_target
-    from bnn_bench.tracking import write_posterior
 
     cfg, n, post = job.cfg, job.data.n_train, job.posterior
     config = build.sgmcmc_config(cfg)
@@ -112,7 +111,7 @@ def run(job: Job) -> dict[str, Any]:
     results = test_metrics(state, reliability=True)
     if cfg.save_posterior:
         draws = np.asarray(state.draws[: int(state.num_kept)])
-        write_posterior(job.out_dir / "posterior.npz", draws, np.zeros(len(draws), np.float32))
+        job.write_posterior(draws, np.zeros(len(draws), np.float32))
     results.update(
         algorithm=config.algorithm,
         step_schedule=config.step_schedule,

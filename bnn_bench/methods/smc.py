@@ -24,7 +24,6 @@ def run(job: Job) -> dict[str, Any]:
     from bnn_bench.hardware import shard_particles
     from bnn_bench.inference.smc import loop, sampler, schedules
     from bnn_bench.posterior import make_log_target
-    from bnn_bench.tracking import write_posterior
 
     cfg, smc, n = job.cfg, job.cfg.smc, job.data.n_train
     if smc.path != "minibatch":  # the exact sampler: nested | tempered
@@ -96,12 +95,7 @@ def run(job: Job) -> dict[str, Any]:
     raise_if_stopped(status, run_counts["iterations"], job.out_dir, divergence_message(cfg))
     results = test_metrics(run_state, reliability=True)
     if cfg.save_posterior:
-        write_posterior(
-            job.out_dir / "posterior.npz",
-            run_state.smc.particles,
-            run_state.smc.log_weights,
-            **job.data.standardization_arrays(),
-        )
+        job.write_posterior(run_state.smc.particles, run_state.smc.log_weights)
     results.update(
         schedule=plan.name,
         proposal=cfg.proposal.name,

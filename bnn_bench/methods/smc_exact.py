@@ -145,7 +145,6 @@ def run(job) -> dict[str, Any]:
     from bnn_bench.inference.smc import exact
     from bnn_bench.lifecycle import raise_if_stopped
     from bnn_bench.metrics import ess
-    from bnn_bench.tracking import write_posterior
 
     cfg, data, posterior = job.cfg, job.data, job.posterior
     smc, n = cfg.smc, data.n_train
@@ -213,7 +212,7 @@ def run(job) -> dict[str, Any]:
     )
     results = job.test_metrics(particles, log_weights, True)
     if cfg.save_posterior:
-        write_posterior(job.out_dir / "posterior.npz", particles, log_weights)
+        job.write_posterior(particles, log_weights)
     final = exact.final_target(state, n)
     if not exact.path_finished(state, plan):
         final += f" (stopped at the iteration cap, {plan.max_iterations})"
