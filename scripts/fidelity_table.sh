@@ -16,18 +16,16 @@ run() {  # run NAME OVERRIDES...
       "hydra.run.dir=$dir" 2>&1 | grep -E "done|error" || true
   done
 }
-# SMC, the paper's formulation (smc.path=minibatch): every schedule at K = 1,000, ctr at 250 / 4,000
+# SMC, the paper's formulation (smc.path=minibatch): every schedule at K = 1,000, ctr at 250 too
 P="smc.path=minibatch"
 for s in ctr full constant linear automated sda ctr_adaptive; do
   run "smc_minibatch_$s" method=smc $P schedule=$s
 done
-run smc_minibatch_ctr_K250 method=smc $P smc.num_iterations=250
-run smc_minibatch_ctr_K4000 method=smc $P smc.num_iterations=4000
-# SMC, the exact sampler (the default: nested, automated, 10 final sweeps), its budgets and paths
+run smc_minibatch_ctr_K250 method=smc $P schedule=ctr smc.num_iterations=250
+# SMC, the exact sampler (the default: nested, automated, 10 final sweeps), without the sweeps,
+# nested ctr and tempered
 run smc_default method=smc
 run smc_nested_automated_sweeps0 method=smc smc.final_sweeps=0
-run smc_nested_automated_sweeps20 method=smc smc.final_sweeps=20
-run smc_nested_automated_J128 method=smc smc.num_particles=128
 run smc_nested_ctr method=smc schedule=ctr smc.num_iterations=20
 run smc_tempered method=smc smc.path=tempered
 # VI: every algorithm at 250, 1,000 (the default) and 4,000 iterations
