@@ -35,6 +35,7 @@ class _Job:
     phase: str = "idle"  # "run" (the loop polls STOP), "final" (raise at once), "done"
     out_dir: Path | None = None
     iteration: int = 0
+    raised: bool = False  # the handler raised during the final evaluation
 
 
 _job = _Job()
@@ -80,6 +81,7 @@ def _handler(signum, frame) -> None:
     STOP.set()
     if _job.phase == "final":
         _job.phase = "done"  # raise once; the job's clean-up then runs undisturbed
+        _job.raised = True
         raise interrupted(f"during the final evaluation (after iteration {_job.iteration})")
 
 
@@ -88,6 +90,7 @@ def stop_on_signals(out_dir: Path | None = None):
     """While inside, SIGTERM and SIGINT stop the job cleanly instead of killing the process."""
     STOP.clear()
     _job.signum, _job.phase, _job.out_dir, _job.iteration = None, "run", out_dir, 0
+    _job.raised = False
     previous = {s: signal.signal(s, _handler) for s in SIGNALS}
     try:
         yield STOP
@@ -110,7 +113,12 @@ def loop_ended(iteration: int, out_dir: Path | None = None) -> None:
 
 
 def results_ready() -> None:
-    """The method has its results: let a later signal through to the finished job."""
+    """The method has its results: let a later signal through to the finished job. A signal
+    whose exception library code swallowed during the final evaluation (JAX's compilation cache
+    catches every exception while it reads an entry) stops the job here instead."""
+    if _job.raised:
+        _job.raised = False
+        raise interrupted(f"during the final evaluation (after iteration {_job.iteration})")
     _job.phase = "done"
 
 
