@@ -118,3 +118,20 @@ def test_a_second_run_reuses_the_compilation_cache(tmp_path, run_cli):
     new = set(os.listdir(cache)) - entries
     assert entries <= set(os.listdir(cache)) and not [n for n in new if "step" in n], new
     assert results(tmp_path / "b")["nll"] == results(tmp_path / "a")["nll"]
+
+
+@pytest.mark.slow
+def test_ensemble_members_split_across_two_devices_give_the_results_of_one(tmp_path, run_cli):
+    env = cli_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    ens = ["method=ensemble", "ensemble.num_members=4", "ensemble.num_epochs=3", "logger=none"]
+    got = {}
+    for devices in (1, 2):
+        out = tmp_path / f"d{devices}"
+        proc = run_cli(*ens, f"hardware.devices={devices}", f"hydra.run.dir={out}", env=env)
+        assert proc.returncode == 0, proc.stderr
+        got[devices] = results(out)
+    assert (got[1]["devices"], got[2]["devices"]) == (1, 2)
+    for key in ("accuracy", "nll", "ece"):
+        assert got[2][key] == pytest.approx(got[1][key], rel=1e-4, abs=1e-5), key
+    odd = run_cli(*ens, "ensemble.num_members=3", "hardware.devices=2", env=env)
+    assert odd.returncode == 2 and "ensemble.num_members=3" in odd.stderr

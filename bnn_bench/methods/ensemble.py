@@ -33,6 +33,13 @@ def run(job: Job) -> dict[str, Any]:
         start = meta["iteration"]
     log_target = make_log_target(job.posterior, n)
     members = jnp.zeros(config.num_members)
+    if cfg.hardware.devices > 1:  # members split across devices like SMC particles; data replicated
+        from bnn_bench.hardware import shard_particles
+
+        (params, opt_state), (step, x, y) = shard_particles(
+            (state.params, state.opt_state), (state.step, x, y), cfg.hardware.devices
+        )
+        state = state._replace(params=params, opt_state=opt_state, step=step)
 
     per_epoch = total // config.num_epochs
 
@@ -108,10 +115,23 @@ def run(job: Job) -> dict[str, Any]:
         learning_rate=config.learning_rate,
         lr_schedule=config.lr_schedule,
         iterations=iterations,
+        devices=len(state.params.sharding.device_set),  # where the members ended up
         steps=iterations * per_epoch,
         example_grads=iterations * per_epoch * batch * config.num_members,
     )
     return results
+
+
+def check_data(cfg, data) -> None:
+    """The batch must fit the data; members are split evenly across hardware.devices."""
+    from bnn_bench.errors import ConfigError
+
+    batch_size_check("ensemble")(cfg, data)
+    devices, m = cfg.hardware.devices, cfg.ensemble.num_members
+    if m % devices:
+        raise ConfigError(
+            f"hardware.devices={devices} is not allowed; it must divide ensemble.num_members={m}"
+        )
 
 
 METHOD = Method(
@@ -120,6 +140,6 @@ METHOD = Method(
     num_iterations=lambda cfg: cfg.ensemble.num_epochs,  # one iteration is an epoch
     labels=lambda cfg: (f"m{cfg.ensemble.num_members}",),
     progress_key="loss",
-    check_data=batch_size_check("ensemble"),
+    check_data=check_data,
     row=lambda results: (f"{results.get('num_members', '?')} members", ""),
 )
