@@ -252,6 +252,7 @@ def final_sweeps(job, state, x, y, key_run, config, run_counts, elapsed):
 
     from bnn_bench.inference.smc import exact, moves
     from bnn_bench.lifecycle import raise_if_stopped
+    from bnn_bench.metrics import ess
 
     cfg, t0 = job.cfg, time.perf_counter()
     num = cfg.smc.final_sweeps
@@ -263,6 +264,7 @@ def final_sweeps(job, state, x, y, key_run, config, run_counts, elapsed):
     key = jax.random.fold_in(key_run, 2**31 - 1)  # iteration keys are fold_in(key_run, k)
     grads = cfg.smc.num_particles * rows * moves.gradient_evaluations(config.move)
     clouds = [state.particles]
+    ess_end = float(ess(state.log_weights))
     for sweep in range(num):
         if job.should_stop():
             job.checkpoints.write(
@@ -293,7 +295,7 @@ def final_sweeps(job, state, x, y, key_run, config, run_counts, elapsed):
             "accept_mean": float(info.accept),
             "divergent": int(info.divergent),
             "step_size": float(info.step_size),
-            "ess": float(jnp.exp(-jax.nn.logsumexp(2 * jax.nn.log_softmax(state.log_weights)))),
+            "ess": ess_end,  # the sweeps leave the weights alone
             "progress": 1.0,
             "time_s": elapsed + time.perf_counter() - t0,
             "example_grads": run_counts["example_grads"],
