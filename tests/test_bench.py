@@ -46,3 +46,27 @@ def test_a_configuration_out_of_memory_is_skipped_not_fatal():
     with pytest.raises(jax.errors.JaxRuntimeError, match="INVALID_ARGUMENT"):
         bench.rate_or_none(other_failure, (0,), 1, 100)
     assert bench.rate_or_none(lambda a: jax.numpy.ones(3) * a, (2.0,), 1, 100) > 0
+
+
+def test_paired_diff_pairs_runs_by_seed(tmp_path):
+    spec = importlib.util.spec_from_file_location("paired", REPO / "scripts" / "paired_diff.py")
+    paired = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired)
+    for name, accs in (("a", (0.7, 0.8, 0.5)), ("b", (0.6, 0.6, 0.9))):
+        for seed, acc in enumerate(accs):
+            run = tmp_path / name / f"run{seed}"
+            run.mkdir(parents=True)
+            results = {"seed": seed, "accuracy": acc, "nll": 1.0 + seed, "status": "finished"}
+            (run / "results.json").write_text(json.dumps(results))
+    # seed 2 only in b: unpaired, left out
+    (tmp_path / "a" / "run2" / "results.json").unlink()
+    lines = paired.rows(
+        paired.by_seed(tmp_path / "a"), paired.by_seed(tmp_path / "b"), ["test_error", "nll"]
+    )
+    assert lines[0].startswith("seeds: 0, 1 (n = 2)")
+    err = next(line for line in lines if line.startswith("| test_error"))
+    cells = [c.strip() for c in err.strip("|").split("|")]
+    # d = (0.3 - 0.4, 0.2 - 0.4) = (-0.1, -0.2): mean -0.15, se = std / sqrt(2) = 0.05
+    assert float(cells[3]) == pytest.approx(-0.15) and float(cells[4]) == pytest.approx(0.05)
+    nll = next(line for line in lines if line.startswith("| nll"))
+    assert float(nll.strip("|").split("|")[3]) == pytest.approx(0.0)

@@ -35,7 +35,7 @@ class VIConfig(NamedTuple):
     prox_growth: float = 0.3  # rho_1: rho_t = rho_0 + rho_1 t (linear; see `prox_rho`)
     prox_schedule: str = "linear"  # linear | sqrt | adaptive (see `prox_rho`)
     max_mean_step: float = 1.0  # trust region: mean move per iteration, in current sds
-    max_var_ratio: float = 2.0  # trust region: variance change factor per iteration
+    max_var_ratio: float = 1.1  # trust region: variance change factor per iteration
     inner_steps: int = 100  # L-BFGS iterations at most (score_prox lowrank)
     inner_tol: float = 1e-3  # stop when |grad L_t| <= inner_tol |grad L_t at q_t|
     learning_rate: float = 0.01  # Adam step (advi)
