@@ -2,29 +2,30 @@
 
     python scripts/paired_diff.py A_DIR B_DIR [--metrics test_error nll ece neg_elbo]
 
-A_DIR and B_DIR each hold one run directory per seed (any depth; every results.json below is
-read, keyed by its `seed`). For each metric and each seed finished in both, d = A - B; prints
-the mean of A, of B, of d and d's standard error (sample std / sqrt(n)), one markdown row per
-metric. `test_error` is 1 - accuracy. Used for the paper's claim in docs/results/vi.md (A =
-score_prox, B = advi: a negative d means A is better on that metric).
+A_DIR and B_DIR each hold one run directory per seed (any depth; the finished jobs that
+bnn-bench-report would list, keyed by their `seed`). For each metric and each seed finished in
+both, d = A - B; prints the mean of A, of B, of d and d's standard error (sample std /
+sqrt(n)), one markdown row per metric. `test_error` is 1 - accuracy. Used for the paper's
+claim in docs/results/vi.md (A = score_prox, B = advi: a negative d means A is better there).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
+from bnn_bench.report import collect
+
 
 def by_seed(root: Path) -> dict[int, dict]:
-    out: dict[int, dict] = {}
-    for path in sorted(root.rglob("results.json")):
-        r = json.loads(path.read_text())
-        if r.get("status", "finished") == "finished" and "seed" in r:
-            out[int(r["seed"])] = r
-    return out
+    """The finished jobs under `root` (found as bnn-bench-report finds them), by seed."""
+    return {
+        int(job.results["seed"]): job.results
+        for job in collect(root)
+        if job.finished and job.results.get("seed") is not None
+    }
 
 
 def value(r: dict, metric: str) -> float:
