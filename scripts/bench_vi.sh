@@ -6,23 +6,18 @@
 #   OUT=outputs/bench_vi SEEDS="0 1 2 3 4" ALGORITHMS="score_prox advi bam" scripts/bench_vi.sh
 # ITERS gives each algorithm about the same wall-clock training budget, from per-iteration times
 # measured on this machine. The tuned settings (chosen on a validation split) are the preset's;
-# SETTINGS adds per-algorithm overrides (none by default).
+# EXTRA adds overrides to every run (each vi.* step key is read only by its own algorithm).
 set -euo pipefail
 OUT=${OUT:-outputs/bench_vi}
 SEEDS=${SEEDS:-0 1 2 3 4}
 ALGORITHMS=${ALGORITHMS:-score_prox advi bam}
 declare -A ITERS=([score_prox]=400 [advi]=560 [gsm]=560 [bam]=560)
-declare -A SETTINGS=(
-  [score_prox]="${SP_SETTINGS:-}"
-  [advi]="${ADVI_SETTINGS:-}"
-  [gsm]=""
-  [bam]=""
-)
+EXTRA=${EXTRA:-}
 for seed in $SEEDS; do
   for algorithm in $ALGORITHMS; do
     # shellcheck disable=SC2086
     nice -n 19 .venv/bin/bnn-bench experiment=fmnist_cnn_vi_reduced vi.algorithm=$algorithm \
-      vi.num_iterations=${ITERS[$algorithm]} ${SETTINGS[$algorithm]} seed=$seed \
+      vi.num_iterations=${ITERS[$algorithm]} $EXTRA seed=$seed \
       logger=none progress=false "hydra.run.dir=$OUT/$algorithm/$seed" 2>&1 | grep "done"
   done
 done

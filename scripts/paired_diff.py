@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -47,9 +48,9 @@ def rows(a: dict[int, dict], b: dict[int, dict], metrics: list[str]) -> list[str
         xa = [value(a[s], m) for s in seeds]
         xb = [value(b[s], m) for s in seeds]
         d = [p - q for p, q in zip(xa, xb, strict=True)]
-        mean = sum(d) / n
-        se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else float("nan")
-        lines.append(f"| {m} | {sum(xa) / n:.4g} | {sum(xb) / n:.4g} | {mean:+.4g} | {se:.2g} |")
+        se = statistics.stdev(d) / math.sqrt(n) if n > 1 else float("nan")
+        row = f"| {m} | {statistics.mean(xa):.4g} | {statistics.mean(xb):.4g} | "
+        lines.append(row + f"{statistics.mean(d):+.4g} | {se:.2g} |")
     return lines
 
 
