@@ -19,6 +19,7 @@ from bnn_bench.errors import ConfigError
 from bnn_bench.inference.ensemble import EnsembleConfig
 from bnn_bench.inference.hmc import HMCConfig
 from bnn_bench.inference.sgmcmc import SGMCMCConfig
+from bnn_bench.inference.smc.moves import MoveSettings
 from bnn_bench.inference.smc.proposals import Proposal
 from bnn_bench.inference.smc.sampler import SMCConfig
 from bnn_bench.inference.smc.schedules import SchedulePlan
@@ -136,6 +137,10 @@ class ProposalConfig:
     max_steps: int = _default(Proposal, "max_steps")
     learning_rate: float = _default(Proposal, "learning_rate")
     correction: str | None = None  # mh | none (null: the path's: mh on nested/tempered)
+    # exact paths: a round of moves accepting less than min_accept on the mean is repeated at
+    # half the step size, up to max_retries times (null: the path's; minibatch: 0)
+    min_accept: float = _default(MoveSettings, "min_accept")
+    max_retries: int | None = None
 
 
 @dataclass
@@ -266,6 +271,7 @@ _EXACT_DEFAULTS = {
     "proposal.step_size": 0.1,
     "proposal.adapt_step_size": True,
     "proposal.correction": "mh",
+    "proposal.max_retries": 5,
 }
 PATH_DEFAULTS = {
     "minibatch": {
@@ -276,6 +282,7 @@ PATH_DEFAULTS = {
         "proposal.step_size": 0.002,
         "proposal.adapt_step_size": False,
         "proposal.correction": "none",
+        "proposal.max_retries": 0,
     },
     "nested": _EXACT_DEFAULTS,
     "tempered": _EXACT_DEFAULTS,
@@ -428,6 +435,9 @@ def validate(cfg) -> None:
     _check("proposal.target_accept", ta, 0 < ta < 1, "in (0, 1)")
     _check("proposal.adapt_rate", p.adapt_rate, p.adapt_rate > 0, "> 0")
     _allowed("proposal.mass", p.mass, MASSES)
+    ma = p.min_accept
+    _check("proposal.min_accept", ma, 0 <= ma < 1, "in [0, 1)")
+    _check("proposal.max_retries", p.max_retries, p.max_retries >= 0, "an integer >= 0")
     _check("proposal.max_steps", p.max_steps, p.max_steps >= 1, "an integer >= 1")
     lr = p.learning_rate
     _check("proposal.learning_rate", lr, lr > 0, "> 0")

@@ -359,7 +359,7 @@ class Reporter:
         if "lambda" in record:  # the exact SMC sampler: the path's progress, acceptance, h
             extra = (
                 f"lambda {record['lambda']:.3g} | accept {record['accept_mean']:.2f} | "
-                f"h {record['step_size']:.3g}"
+                f"h {record['step_size']:.3g} | distinct {record['distinct_particles']}"
             )
             self.progress.update(
                 record["iter"],

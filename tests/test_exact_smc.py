@@ -258,6 +258,68 @@ def test_mh_moves_leave_a_gaussian_invariant():
     assert abs(np.corrcoef(moved[:, 0], np.asarray(start)[:, 0])[0, 1]) < 0.2
 
 
+def _small_prior_run(max_retries, seed, num_particles=8):
+    """Tempered SMC on a 100-d Gaussian whose prior sd (0.05) is a tenth of the first step size:
+    the regime of a network's fan-in prior, where the first moves accept nothing."""
+    dim, n, s0, sig = 100, 20, 0.05, 0.2
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=dim) * s0 + sig * rng.normal(size=(n, dim))).astype(np.float32)
+    precision = 1 / s0**2 + n / sig**2
+    post_mean, post_sd = data.sum(0) / sig**2 / precision, 1 / np.sqrt(precision)
+
+    def log_prior(theta):
+        return -0.5 * jnp.sum(theta**2) / s0**2
+
+    def log_likelihood(theta, x, y):
+        return -0.5 * jnp.sum((x - theta) ** 2, axis=1) / sig**2
+
+    move = moves.MoveSettings(3, 2, True, 0.65, 1.0, "identity", 0.2, max_retries)
+    state = exact.init(jax.random.key(seed), jnp.full(dim, s0), num_particles, 0.5)
+    records = []
+    state, status, _ = exact.run(
+        jax.random.key(100 + seed),
+        state,
+        jnp.asarray(data),
+        jnp.asarray(data),
+        log_prior=log_prior,
+        log_likelihood=log_likelihood,
+        plan=exact.PathPlan("tempered", n, 200),
+        config=exact.ExactConfig(move, 0.5, "systematic"),
+        bucket_sizes=(n,),
+        num_particles=num_particles,
+        callback=lambda record, _: records.append(record),
+    )
+    assert status == "finished"
+    mean, sd = weighted_moments(state)
+    return np.mean(np.abs(mean - post_mean) / post_sd), np.mean(sd / post_sd), records
+
+
+@pytest.mark.slow
+def test_moves_that_accept_nothing_are_retried_at_a_smaller_step():
+    """A step size 10x the prior sd: without retries the first two moves accept nothing, the
+    resampled copies stay copies, the weight ESS cannot see it and lambda jumps to 1 with 2-4
+    distinct particles of 8 (the FashionMNIST CNN's failure, docs/results/exact-smc.md). With
+    them every iteration leaves at least half the particles distinct and the cloud's moments
+    are those of 8 draws of the posterior."""
+    for seed in range(3):
+        err, sd_ratio, records = _small_prior_run(5, seed)
+        assert records[0]["move_rounds"] > 1  # the first round was too coarse and was retried
+        assert min(r["distinct_particles"] for r in records) >= 4, records
+        assert err < 0.6 and 0.7 < sd_ratio < 1.2, (seed, err, sd_ratio)
+    # the failure this protects against
+    failed = [_small_prior_run(0, seed) for seed in range(3)]
+    assert all(min(r["distinct_particles"] for r in rec) <= 4 for _, _, rec in failed)
+    assert max(err for err, _, _ in failed) > 1.0
+
+
+def test_distinct_particles_counts_exact_copies_once():
+    p = jax.random.normal(jax.random.key(0), (5, 7))
+    cloud = p[jnp.asarray([0, 0, 1, 2, 2, 2, 4, 3])]
+    assert int(exact.distinct_particles(cloud)) == 5
+    assert int(exact.distinct_particles(cloud[:1].repeat(6, axis=0))) == 1
+    assert int(exact.distinct_particles(cloud.at[1, 3].add(1e-6))) == 6
+
+
 def test_step_size_follows_the_acceptance():
     settings = moves.MoveSettings(3, 1, True, 0.65, 1.0, "identity")
     h = jnp.asarray(0.1)

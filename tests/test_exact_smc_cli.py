@@ -38,11 +38,15 @@ def test_nested_constant_run_reports_evidence_and_its_final_target(run_cli, tmp_
     assert {r["batch_size"] for r in rows} == {50}
     # constant: the bridge from the prior to 50 rows, then 3 more moves at those rows
     assert results["iterations"] == results["n_bridge"] + 4
-    # every gradient and every reweighting forward pass, row-weighted
-    grads = results["num_particles"] * 50 * (1 * 2 + 1) * results["iterations"]
+    # every gradient (of every round of moves: a round accepting too little is retried) and
+    # every reweighting forward pass, row-weighted
+    rounds = sum(r["move_rounds"] for r in rows)
+    assert rounds >= results["iterations"]
+    grads = results["num_particles"] * 50 * (1 * 2 + 1) * rounds
     forward = results["num_particles"] * 50 * (results["n_bridge"] + 1)
     assert results["example_grads"] == grads + forward
-    assert "lambda" in proc.stderr and "accept" in proc.stderr  # the progress line
+    assert "lambda" in proc.stderr and "distinct" in proc.stderr  # the progress line
+    assert results["distinct_particles"] <= results["num_particles"]
 
 
 @pytest.mark.slow
@@ -94,5 +98,6 @@ def test_final_sweeps_are_counted_and_pooled(run_cli, tmp_path):
     assert [r["sweep"] for r in sweeps] == [1, 2, 3]
     path_rows = [r for r in rows if "sweep" not in r]
     per_sweep = 8 * 50 * (1 * 2 + 1)  # J * rows of the final target * gradients per particle
-    assert results["example_grads"] == path_rows[-1]["example_grads"] + 3 * per_sweep
+    rounds = sum(r["move_rounds"] for r in sweeps)  # retried rounds count too
+    assert results["example_grads"] == path_rows[-1]["example_grads"] + rounds * per_sweep
     assert sweeps[-1]["example_grads"] == results["example_grads"]

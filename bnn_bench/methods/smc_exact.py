@@ -44,6 +44,11 @@ def validate(cfg: DictConfig) -> None:
                 f"smc.final_sweeps={smc.final_sweeps} is not available with smc.path=minibatch "
                 "(its moves are not invariant for the posterior); use 0, or smc.path=nested"
             )
+        if cfg.proposal.max_retries:
+            raise ConfigError(
+                f"proposal.max_retries={cfg.proposal.max_retries} is not available with "
+                "smc.path=minibatch (its moves have no acceptance); use 0, or smc.path=nested"
+            )
         if c != "none":
             raise ConfigError(
                 "proposal.correction=mh is not available with smc.path=minibatch (its weights "
@@ -120,6 +125,8 @@ def exact_config(cfg: DictConfig, particle_map: str):
         target_accept=p.target_accept,
         adapt_rate=p.adapt_rate,
         mass=p.mass,
+        min_accept=p.min_accept,
+        max_retries=p.max_retries,
     )
     return exact.ExactConfig(
         move,
@@ -137,6 +144,8 @@ def run(job) -> dict[str, Any]:
     (particles, weights, log-evidence, where the path stands, step size), so a resumed run
     continues exactly.
     """
+    import sys
+
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -170,6 +179,9 @@ def run(job) -> dict[str, Any]:
         tally.update(iterations=k, example_grads=record["example_grads"])
         tally["n_resample"] += int(record["resampled"])
         tally["n_bridge"] += int(record["bridged"])
+        last["distinct_min"] = min(
+            last.get("distinct_min", smc.num_particles), record["distinct_particles"]
+        )
         if st is not None and cfg.eval_every and k - last["evaluated"] >= cfg.eval_every:
             last["evaluated"] = k
             test = job.test_metrics(st.particles, st.log_weights, False)
@@ -210,6 +222,15 @@ def run(job) -> dict[str, Any]:
     particles, log_weights = final_sweeps(
         job, state, x, y, key_run, config, run_counts, last.get("time_s", elapsed)
     )
+    distinct = int(exact.distinct_particles(particles[-smc.num_particles :]))
+    if distinct < smc.num_particles / 2:
+        print(
+            f"[bnn-bench] warning: the final cloud has {distinct} distinct particles of "
+            f"{smc.num_particles}: the moves did not separate the resampled copies, so the "
+            "weights' ESS overstates the sample (try a smaller proposal.step_size, more "
+            "smc.num_mcmc_steps or proposal.mass=diag)",
+            file=sys.stderr,
+        )
     results = job.test_metrics(particles, log_weights, True)
     if cfg.save_posterior:
         job.write_posterior(particles, log_weights)
@@ -231,6 +252,8 @@ def run(job) -> dict[str, Any]:
         log_evidence=float(state.log_evidence),
         final_target=final,
         ess_final=float(ess(state.log_weights)),
+        distinct_particles=distinct,  # of the final cloud; min over the path's iterations:
+        distinct_particles_min=last.get("distinct_min", distinct),
         **run_counts,
     )
     return results
@@ -262,7 +285,7 @@ def final_sweeps(job, state, x, y, key_run, config, run_counts, elapsed):
     rows = int(state.m_to)
     xs, ys = x[:rows], y[:rows]
     key = jax.random.fold_in(key_run, 2**31 - 1)  # iteration keys are fold_in(key_run, k)
-    grads = cfg.smc.num_particles * rows * moves.gradient_evaluations(config.move)
+    grads = cfg.smc.num_particles * rows * moves.gradient_evaluations(config.move)  # per round
     clouds = [state.particles]
     ess_end = float(ess(state.log_weights))
     for sweep in range(num):
@@ -286,7 +309,7 @@ def final_sweeps(job, state, x, y, key_run, config, run_counts, elapsed):
             config=config,
         )
         clouds.append(state.particles)
-        run_counts["example_grads"] += grads
+        run_counts["example_grads"] += grads * int(info.move_rounds)
         record = {
             "iter": run_counts["iterations"] + sweep + 1,
             "sweep": sweep + 1,
@@ -295,6 +318,8 @@ def final_sweeps(job, state, x, y, key_run, config, run_counts, elapsed):
             "accept_mean": float(info.accept),
             "divergent": int(info.divergent),
             "step_size": float(info.step_size),
+            "move_rounds": int(info.move_rounds),
+            "distinct_particles": int(info.distinct),
             "ess": ess_end,  # the sweeps leave the weights alone
             "progress": 1.0,
             "time_s": elapsed + time.perf_counter() - t0,

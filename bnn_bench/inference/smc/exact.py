@@ -18,7 +18,11 @@ One iteration (`step`):
    log Z_hat += logsumexp(log W + increment) with W the normalised previous weights.
 3. Resample (blackjax.smc.resampling) when ESS < threshold * J, and always after a step whose
    increment was cut to the threshold (else the next bisection would start at the threshold).
-4. Move: `num_mcmc_steps` Metropolis-adjusted HMC steps on the new target (moves.mh_moves).
+4. Move: `num_mcmc_steps` Metropolis-adjusted HMC steps on the new target (moves.mh_moves);
+   a round whose mean acceptance is below `min_accept` is followed by another at half the step
+   size (up to `max_retries`), so a step size far too large for the new target cannot leave the
+   resampled duplicates in place. `distinct` counts the particles that differ after the moves:
+   the weight ESS cannot see duplicates, so this is the diagnostic of a cloud that did not mix.
 5. The step size for the next iteration from this iteration's mean acceptance; the next
    iteration also scales it by how much the cloud's spread shrank since this move.
 
@@ -98,9 +102,11 @@ class ExactInfo(NamedTuple):
     iteration: jax.Array
     ess: jax.Array  # after reweighting, before resampling
     resampled: jax.Array
-    accept: jax.Array  # mean MH acceptance of the moves
+    accept: jax.Array  # mean MH acceptance of the last round of moves
     divergent: jax.Array
-    step_size: jax.Array  # h used by the moves
+    step_size: jax.Array  # h of the last round of moves
+    move_rounds: jax.Array  # int32: rounds of moves (1 + retries at a smaller h)
+    distinct: jax.Array  # int32: particles that differ from every other after the moves
     lam: jax.Array  # tempering of the added rows after this iteration
     m_from: jax.Array
     m_to: jax.Array
@@ -302,7 +308,7 @@ def step(
     if config.move.adapt_step_size:
         ratio = spread / state.spread
         h = jnp.where(jnp.isfinite(ratio) & (ratio > 0), h * ratio, h)
-    moved, move_info = _move(key_move, particles, log_weights, logdensity, h, config)
+    moved, move_info, h, rounds = _move(key_move, particles, log_weights, logdensity, h, config)
     mean_accept = jnp.mean(move_info.accept)
 
     # 5. the next step size; where the path stands
@@ -334,6 +340,8 @@ def step(
         accept=mean_accept,
         divergent=jnp.sum(move_info.divergent),
         step_size=h,
+        move_rounds=rounds,
+        distinct=distinct_particles(moved),
         lam=lam_new,
         m_from=m_base,
         m_to=m_to,
@@ -349,9 +357,11 @@ def step(
 
 
 class SweepInfo(NamedTuple):
-    accept: jax.Array  # mean MH acceptance of the sweep
+    accept: jax.Array  # mean MH acceptance of the sweep's last round of moves
     divergent: jax.Array
-    step_size: jax.Array  # h used by the sweep
+    step_size: jax.Array  # h of the last round
+    move_rounds: jax.Array  # rounds of moves (1 + retries at a smaller h)
+    distinct: jax.Array  # particles that differ from every other after the sweep
 
 
 @partial(jax.jit, static_argnames=("log_prior", "log_likelihood", "config"))
@@ -383,32 +393,74 @@ def final_sweep(
 
     h = state.step_size
     key = jax.random.fold_in(rng_key, sweep)
-    moved, info = _move(key, state.particles, state.log_weights, logdensity, h, config)
+    moved, info, h, rounds = _move(key, state.particles, state.log_weights, logdensity, h, config)
     mean_accept = jnp.mean(info.accept)
     new = state._replace(
         particles=moved, step_size=moves.next_step_size(h, mean_accept, config.move)
     )
-    return new, SweepInfo(mean_accept, jnp.sum(info.divergent), h)
+    sweep_info = SweepInfo(
+        mean_accept, jnp.sum(info.divergent), h, rounds, distinct_particles(moved)
+    )
+    return new, sweep_info
 
 
 def _move(key, particles, log_weights, logdensity, h, config: ExactConfig):
     """The MH moves of every particle (the cloud's diagonal mass with proposal.mass=diag); a
-    particle whose move is not finite stays where it was."""
+    particle whose move is not finite stays where it was.
+
+    While a round's mean acceptance is below `move.min_accept`, another round follows from where
+    the last one ended at half its step size, at most `move.max_retries` times: every round is a
+    gamma-invariant kernel, so the cloud stays a weighted sample of the target; the retries only
+    keep a step size far too large for a new target from leaving duplicates unmoved. Returns
+    (moved, info of the last round with divergences summed over rounds, its h, rounds).
+    """
     inverse_mass = None
     if config.move.mass == "diag":
         inverse_mass = diagonal_inverse_mass(particles, log_weights)
-    moved, info = moves.mh_moves(
-        key,
-        particles,
-        logdensity,
-        h,
-        config.move,
-        inverse_mass=inverse_mass,
-        particle_map=config.particle_map,
-        particle_chunk=config.particle_chunk,
-    )
-    finite = jnp.all(jnp.isfinite(moved), axis=1)
-    return jnp.where(finite[:, None], moved, particles), info
+
+    def one_round(key, start, h):
+        moved, info = moves.mh_moves(
+            key,
+            start,
+            logdensity,
+            h,
+            config.move,
+            inverse_mass=inverse_mass,
+            particle_map=config.particle_map,
+            particle_chunk=config.particle_chunk,
+        )
+        finite = jnp.all(jnp.isfinite(moved), axis=1)
+        return jnp.where(finite[:, None], moved, start), info
+
+    moved, info = one_round(key, particles, h)
+    rounds = jnp.asarray(1, jnp.int32)
+    if config.move.max_retries == 0:
+        return moved, info, h, rounds
+
+    def again(carry):
+        _, info, _, rounds = carry
+        low = jnp.mean(info.accept) < config.move.min_accept
+        return low & (rounds <= config.move.max_retries)
+
+    def retry(carry):
+        start, info, h, rounds = carry
+        h = h * 0.5
+        moved, new = one_round(jax.random.fold_in(key, rounds), start, h)
+        new = new._replace(divergent=new.divergent + info.divergent)
+        return moved, new, h, rounds + 1
+
+    return jax.lax.while_loop(again, retry, (moved, info, jnp.asarray(h, jnp.float32), rounds))
+
+
+def distinct_particles(particles: jax.Array) -> jax.Array:
+    """How many rows of `particles` differ from every other (exact duplicates are counted once):
+    rows sorted by a projection that exact copies share, then neighbours compared in full."""
+    d = particles.shape[1]
+    direction = jnp.cos(jnp.arange(d, dtype=particles.dtype) * 0.7548776662466927 + 0.5)
+    order = jnp.argsort(particles @ direction)
+    p = particles[order]
+    differs = jnp.any(p[1:] != p[:-1], axis=1)
+    return (1 + jnp.sum(differs)).astype(jnp.int32)
 
 
 def final_target(state: ExactState, num_data: int) -> str:
@@ -524,7 +576,7 @@ def run(
         records = []
         for inf in (inf for inf in infos if inf.active):
             counts["iterations"] = int(inf.iteration)
-            rows = int(inf.move_rows) * grads + int(inf.forward_rows)
+            rows = int(inf.move_rows) * grads * int(inf.move_rounds) + int(inf.forward_rows)
             counts["example_grads"] += num_particles * rows
             counts["n_resample"] += int(inf.resampled)
             counts["n_bridge"] += int(inf.bridged)
@@ -538,6 +590,8 @@ def run(
                     "accept_mean": float(inf.accept),
                     "divergent": int(inf.divergent),
                     "step_size": float(inf.step_size),
+                    "move_rounds": int(inf.move_rounds),
+                    "distinct_particles": int(inf.distinct),
                     "log_evidence": float(inf.log_evidence),
                     "bridged": bool(inf.bridged),
                     "progress": float(inf.progress),

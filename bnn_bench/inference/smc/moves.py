@@ -7,7 +7,10 @@ so moves never touch the particles' weights.
 
 Between iterations the step size follows the cloud's mean acceptance,
 log h += adapt_rate * (mean acceptance - target_accept); it uses only the previous iteration's
-moves, so every iteration's kernel is fixed before the iteration starts.
+moves, so every iteration's kernel is fixed before the iteration starts. A round that accepts
+almost nothing (a step size far too large for the new target: the first targets of a network
+whose prior scales are small) leaves the resampled duplicates where they are; exact.py then
+moves again at half the step size (`max_retries`). Each round is gamma-invariant on its own.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ class MoveSettings(NamedTuple):
     target_accept: float
     adapt_rate: float
     mass: str  # identity | diag
+    # A round of moves whose mean acceptance is below `min_accept` is followed by another from
+    # where it ended at half the step size, up to `max_retries` times (exact.py, `_move`).
+    min_accept: float = 0.2
+    max_retries: int = 0
 
 
 class MoveInfo(NamedTuple):
