@@ -86,6 +86,48 @@ def ess_batch(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Pa
 def reliability(bins: dict[str, list], path: Path, title: str = "") -> Path:
     """Reliability diagram: per-bin accuracy against the bin's mean confidence, bars on equal-width
     confidence bins, the diagonal of perfect calibration, and the share of examples per bin."""
+    fig = _figure(5.0, 5.6)
+    ax, share = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    _draw_reliability(ax, share, bins, title or "reliability diagram")
+    return _save(fig, path)
+
+
+def reliability_panel(panels: Sequence[tuple[str, dict[str, list]]], path: Path) -> Path:
+    """Reliability diagrams side by side, one per (title, bins), on shared axes (bins as in
+    results.json's `reliability`; pool_bins combines several runs')."""
+    n = len(panels)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig = _figure(3.4 * cols, 4.2 * rows)
+    grid = fig.add_gridspec(2 * rows, cols, height_ratios=[3, 1] * rows)
+    for i, (title, bins) in enumerate(panels):
+        r, c = divmod(i, cols)
+        ax = fig.add_subplot(grid[2 * r, c])
+        share = fig.add_subplot(grid[2 * r + 1, c], sharex=ax)
+        _draw_reliability(ax, share, bins, title, legend=i == 0)
+    return _save(fig, path)
+
+
+def pool_bins(runs: Sequence[dict[str, list]]) -> dict[str, list]:
+    """The reliability bins of several runs on the same bin edges as one: count-weighted means of
+    each bin's confidence and accuracy, summed counts."""
+    count = np.sum([np.asarray(b["bin_count"], float) for b in runs], axis=0)
+
+    def pooled(key):
+        total = np.zeros_like(count)
+        for b in runs:
+            v = np.array([0.0 if x is None else x for x in b[key]], float)
+            total += v * np.asarray(b["bin_count"], float)
+        return [float(t / c) if c > 0 else None for t, c in zip(total, count, strict=True)]
+
+    return {
+        "bin_confidence": pooled("bin_confidence"),
+        "bin_accuracy": pooled("bin_accuracy"),
+        "bin_count": [int(c) for c in count],
+    }
+
+
+def _draw_reliability(ax, share, bins: dict[str, list], title: str, legend: bool = True) -> None:
     conf = np.array([np.nan if v is None else v for v in bins["bin_confidence"]], float)
     acc = np.array([np.nan if v is None else v for v in bins["bin_accuracy"]], float)
     count = np.asarray(bins["bin_count"], float)
@@ -93,8 +135,6 @@ def reliability(bins: dict[str, list], path: Path, title: str = "") -> Path:
     edges = np.linspace(0.0, 1.0, num_bins + 1)
     centres, width = (edges[:-1] + edges[1:]) / 2, 1.0 / num_bins
     full = count > 0
-    fig = _figure(5.0, 5.6)
-    ax, share = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     ax.bar(centres[full], acc[full], width=width, edgecolor="black", lw=0.5, label="accuracy")
     ax.bar(
         centres[full],
@@ -111,12 +151,12 @@ def reliability(bins: dict[str, list], path: Path, title: str = "") -> Path:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
-    ax.legend(loc="upper left")
-    ax.set_title(title or "reliability diagram")
+    if legend:
+        ax.legend(loc="upper left")
+    ax.set_title(title)
     share.bar(centres, count / max(count.sum(), 1.0), width=width, color="gray")
     share.set_xlabel("confidence")
     share.set_ylabel("share")
-    return _save(fig, path)
 
 
 def run_plots(out_dir: Path) -> list[Path]:

@@ -358,3 +358,20 @@ def test_multirun_preflight_validates_the_declared_sweep(run_cli, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "schedule=no_such_schedule" in lines[0], proc.stderr
     assert not sweep.exists()
+
+
+def test_pooled_reliability_bins_weight_each_run_by_its_counts(tmp_path):
+    a = {
+        "bin_confidence": [0.2, None, 0.9],
+        "bin_accuracy": [0.0, None, 1.0],
+        "bin_count": [1, 0, 3],
+    }
+    b = {"bin_confidence": [0.4, 0.6, 0.8], "bin_accuracy": [1.0, 0.5, 0.5], "bin_count": [3, 2, 1]}
+    pooled = plots.pool_bins([a, b])
+    assert pooled["bin_count"] == [4, 2, 4]
+    assert pooled["bin_confidence"] == pytest.approx([0.35, 0.6, 0.875])
+    assert pooled["bin_accuracy"] == pytest.approx([0.75, 0.5, 0.875])
+    empty = plots.pool_bins([a, a])
+    assert empty["bin_confidence"][1] is None and empty["bin_count"][1] == 0
+    png = plots.reliability_panel([("a", a), ("b", b), ("pooled", pooled)], tmp_path / "p.png")
+    assert png.stat().st_size > 0
