@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from bnn_bench.inference.smc import exact, moves
+from bnn_bench.inference.smc.schedules import SchedulePlan
 
 D, N, NOISE, PRIOR = 3, 100, 0.5, 1.0
 
@@ -74,7 +75,7 @@ def blr_run(name, seed):
 
 
 def run_blr(plan, seed, *, num_particles=2000, cfg=None, log_likelihood=blr_log_likelihood):
-    state = exact.init(jax.random.key(seed), jnp.full(D, PRIOR), num_particles, 0.1)
+    state = exact.init(jax.random.key(seed), jnp.full(D, PRIOR), num_particles, 0.1, plan)
     records = []
     state, status, counts = exact.run(
         jax.random.key(100 + seed),
@@ -111,6 +112,43 @@ def test_linear_regression_posterior_and_evidence(name):
         assert abs(float(state.log_evidence) - LOG_Z) < 0.5, (float(state.log_evidence), LOG_Z)
         assert exact.final_target(state, N) == "posterior"
         assert len(records) <= 20  # few iterations of 2 MH steps each: the weights do the work
+
+
+SIGNAL_PLANS = {
+    "sda": exact.PathPlan(
+        "nested", N, 200, schedule=SchedulePlan("sda", N, 40, C, window=2, entropy_tol=0.02)
+    ),
+    "ctr_adaptive": exact.PathPlan(
+        "nested",
+        N,
+        200,
+        schedule=SchedulePlan("ctr_adaptive", N, 12, C, window=2, refine_iterations=3),
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sda", "ctr_adaptive"])
+def test_signal_schedules_under_nested_reach_the_posterior_and_its_evidence(name):
+    """sda and ctr_adaptive choose the next subset from the moved cloud (entropy settled;
+    per-row log-likelihood plateaued) after every completed target, bridges in between."""
+    plan = SIGNAL_PLANS[name]
+    for seed in range(2):
+        state, records, _ = run_blr(plan, seed)
+        mean, sd = weighted_moments(state)
+        assert np.all(np.abs(mean - POST_MEAN) < 0.1 * POST_SD), (mean, POST_MEAN)
+        assert np.all(np.abs(sd / POST_SD - 1) < 0.1), sd / POST_SD
+        assert abs(float(state.log_evidence) - LOG_Z) < 0.5, (float(state.log_evidence), LOG_Z)
+        assert exact.final_target(state, N) == "posterior" and exact.path_finished(state, plan)
+        sizes = [r["batch_size"] for r in records]
+        assert sizes == sorted(sizes) and sizes[0] == C and sizes[-1] == N
+        done = [r["batch_size"] for r in records if r["lambda"] == 1.0]  # completed targets
+        if name == "sda":  # w + 1 = 3 completed targets at a size before it grows or stops
+            assert set(sizes) == {25, 50, 100}
+            assert all(done.count(m) >= 3 for m in (25, 50, 100)), done
+        else:  # C until the signal (4 completions at least: two windows), then R = 3 at N
+            assert set(sizes) == {25, 100}
+            assert done.count(25) >= 4 and done.count(100) == 3, done
 
 
 @pytest.mark.slow

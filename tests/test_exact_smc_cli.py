@@ -67,7 +67,9 @@ def test_tempered_run_ends_at_the_posterior(run_cli, tmp_path):
     [
         (["smc.path=minibatch", "proposal.correction=mh"], "proposal.correction"),
         (["smc.path=nested", "proposal.correction=none"], "proposal.correction"),
-        (["smc.path=nested", "schedule=sda"], "schedule=sda"),
+        (["smc.path=nested", "schedule=ctr_adaptive", "schedule.signal=noise"], "signal=noise"),
+        (["smc.path=tempered", "proposal.max_retries=-1"], "proposal.max_retries"),
+        (["smc.path=minibatch", "proposal.max_retries=2"], "proposal.max_retries"),
         (["smc.path=sideways"], "smc.path"),
         (["smc.path=minibatch", "smc.final_sweeps=2"], "smc.final_sweeps"),
         (["smc.final_sweeps=-1"], "smc.final_sweeps"),
@@ -101,3 +103,24 @@ def test_final_sweeps_are_counted_and_pooled(run_cli, tmp_path):
     rounds = sum(r["move_rounds"] for r in sweeps)  # retried rounds count too
     assert results["example_grads"] == path_rows[-1]["example_grads"] + rounds * per_sweep
     assert sweeps[-1]["example_grads"] == results["example_grads"]
+
+
+@pytest.mark.slow
+def test_nested_sda_grows_the_subset_when_the_cloud_settles(run_cli, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(
+        *(a for a in TINY if not a.startswith("smc.num_iterations")),
+        "smc.num_iterations=30",
+        "smc.path=nested",
+        "schedule=sda",
+        "schedule.window=1",
+        "schedule.entropy_tol=100",  # settled at every second completed target
+        f"hydra.run.dir={out}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert (results["path"], results["schedule"]) == ("nested", "sda")
+    assert results["final_target"] == "posterior"
+    rows = read_jsonl(out / "metrics.jsonl")
+    done = [r["batch_size"] for r in rows if r["lambda"] == 1.0]
+    assert done == [50, 50, 100, 100, 200, 200], done

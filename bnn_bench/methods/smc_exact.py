@@ -16,7 +16,8 @@ from bnn_bench.errors import ConfigError
 EXACT_PATHS = ("nested", "tempered")
 SMC_PATHS = (*EXACT_PATHS, "minibatch")
 CORRECTIONS = ("mh", "none")
-NESTED_SCHEDULES = ("full", "constant", "ctr", "linear", "automated")
+NESTED_SCHEDULES = ("full", "constant", "ctr", "linear", "automated", "sda", "ctr_adaptive")
+SIGNAL_SCHEDULES = ("sda", "ctr_adaptive")  # the next subset from the moved cloud's statistics
 # Fixed schedules under nested: K schedule entries plus the bridge steps the jumps need; the
 # allowance only guards against a run that never ends (tempered and automated: their only cap).
 BRIDGE_ALLOWANCE = 10_000
@@ -70,6 +71,12 @@ def validate(cfg: DictConfig) -> None:
             f"schedule={cfg.schedule.name} is not available with smc.path=nested; choose one of: "
             f"{', '.join(NESTED_SCHEDULES)} (or smc.path=minibatch)"
         )
+    nested_signal = smc.path == "nested" and cfg.schedule.name == "ctr_adaptive"
+    if nested_signal and cfg.schedule.signal == "noise":
+        raise ConfigError(
+            "schedule.signal=noise is not available with smc.path=nested (it measures the "
+            "noise of a minibatch's weights; nested has none); use loglik or entropy"
+        )
     if cfg.hardware.data_chunk is not None:
         raise ConfigError(
             f"hardware.data_chunk={cfg.hardware.data_chunk} is not available with "
@@ -91,6 +98,11 @@ def path_plan(cfg: DictConfig, num_data: int):
     # only guards against a run that never ends
     if cfg.smc.path == "tempered":
         return exact.PathPlan("tempered", num_data, BRIDGE_ALLOWANCE)
+    if s.name in SIGNAL_SCHEDULES:
+        from bnn_bench import build
+
+        schedule = build.schedule_plan(cfg, num_data)
+        return exact.PathPlan("nested", num_data, k + BRIDGE_ALLOWANCE, schedule=schedule)
     if s.name == "automated":
         return exact.PathPlan(
             "nested",
@@ -163,7 +175,9 @@ def run(job) -> dict[str, Any]:
     order = np.random.default_rng(cfg.seed).permutation(n)
     x, y = jnp.asarray(data.x_train[order]), jnp.asarray(data.y_train[order])
     key_init, key_run = jax.random.split(jax.random.key(cfg.seed))
-    state = exact.init(key_init, posterior.prior_std, smc.num_particles, cfg.proposal.step_size)
+    state = exact.init(
+        key_init, posterior.prior_std, smc.num_particles, cfg.proposal.step_size, plan
+    )
     counts = None
     elapsed = 0.0
     if job.checkpoints.resumed is not None:

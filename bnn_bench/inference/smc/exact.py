@@ -46,9 +46,9 @@ from blackjax.smc import solver as bj_solver
 from jax.scipy.special import logsumexp
 
 from bnn_bench.inference import driver
-from bnn_bench.inference.smc import moves
+from bnn_bench.inference.smc import moves, schedules
 from bnn_bench.inference.smc.proposals import diagonal_inverse_mass
-from bnn_bench.inference.smc.sampler import RESAMPLERS
+from bnn_bench.inference.smc.sampler import RESAMPLERS, entropy_per_dim
 
 PATHS = ("nested", "tempered")
 
@@ -57,7 +57,11 @@ class PathPlan(NamedTuple):
     """Static description of the sequence of targets (hashable: part of the jit cache key).
 
     `sizes`: M_1..M_K for a fixed schedule under `nested` (non-decreasing); empty for
-    `automated` and `tempered`. `max_iterations` caps the iterations (bridge steps included).
+    `automated`, the signal schedules and `tempered`. `schedule`: sda or ctr_adaptive under
+    `nested`: after every iteration that completes its target, schedules.next_batch_size
+    chooses the next subset from the moved cloud's entropy or per-row log-likelihood, as it
+    does on the minibatch path (bridges do not consume it). `max_iterations` caps the
+    iterations (bridge steps included).
     """
 
     path: str  # nested | tempered
@@ -67,6 +71,7 @@ class PathPlan(NamedTuple):
     automated: bool = False
     growth: float = 2.0  # automated: the largest subset growth per iteration
     first_size: int = 0  # automated: M_1 (C)
+    schedule: schedules.SchedulePlan | None = None  # sda | ctr_adaptive (nested)
 
 
 class ExactConfig(NamedTuple):
@@ -93,6 +98,7 @@ class ExactState(NamedTuple):
     step_size: jax.Array  # float32: h of the next move, at the cloud's spread `spread`
     spread: jax.Array  # float32: sqrt(mean weighted variance) of the cloud the last move saw
     done: jax.Array  # bool: the path has ended (or max_iterations reached)
+    schedule: schedules.ScheduleState  # the signal schedule's state (unused by the others)
 
 
 class ExactInfo(NamedTuple):
@@ -118,9 +124,14 @@ class ExactInfo(NamedTuple):
 
 
 def init(
-    rng_key: jax.Array, prior_std: jax.Array, num_particles: int, step_size: float
+    rng_key: jax.Array,
+    prior_std: jax.Array,
+    num_particles: int,
+    step_size: float,
+    plan: PathPlan | None = None,
 ) -> ExactState:
-    """Prior draws N(0, diag(prior_std^2)) with equal weights; no data in the target yet."""
+    """Prior draws N(0, diag(prior_std^2)) with equal weights; no data in the target yet.
+    `plan` is needed for a signal schedule (its state's shape comes from the schedule)."""
     particles = jax.random.normal(rng_key, (num_particles, prior_std.size)) * prior_std
     zero = jnp.asarray(0, jnp.int32)
     return ExactState(
@@ -135,7 +146,15 @@ def init(
         step_size=jnp.asarray(step_size, jnp.float32),
         spread=cloud_spread(particles, jnp.zeros(num_particles, particles.dtype)),
         done=jnp.asarray(False),
+        schedule=schedules.init_state(_schedule_of(plan)),
     )
+
+
+def _schedule_of(plan: PathPlan | None) -> schedules.SchedulePlan:
+    """The plan's signal schedule, or a placeholder whose state the other paths carry along."""
+    if plan is not None and plan.schedule is not None:
+        return plan.schedule
+    return schedules.SchedulePlan("sda", num_data=1, num_iterations=1, batch_size=1, window=1)
 
 
 def cloud_spread(particles: jax.Array, log_weights: jax.Array) -> jax.Array:
@@ -236,6 +255,7 @@ def step(
     """
     num_particles = state.particles.shape[0]
     n = plan.num_data
+    signal = plan.schedule is not None
     threshold = config.resample_threshold * num_particles
     xb, yb = x[:bucket], y[:bucket]
     k = state.iteration + 1
@@ -252,6 +272,11 @@ def step(
         first = jnp.asarray(min(plan.first_size, n), jnp.int32)
         cap = jnp.where(m_base == 0, first, grow(m_base, plan.growth, n))
         m_next = cap
+    elif signal:
+        if state.schedule.history.shape != schedules.init_state(plan.schedule).history.shape:
+            raise ValueError("a signal schedule's state comes from exact.init(..., plan=plan)")
+        m_next = state.schedule.batch_size
+        cap = m_next
     else:
         sizes = jnp.asarray(plan.sizes, jnp.int32)
         m_next = sizes[jnp.minimum(state.entry, len(plan.sizes) - 1)]
@@ -311,11 +336,30 @@ def step(
     moved, move_info, h, rounds = _move(key_move, particles, log_weights, logdensity, h, config)
     mean_accept = jnp.mean(move_info.accept)
 
-    # 5. the next step size; where the path stands
+    # 5. the next step size; where the path stands; a signal schedule reads the moved cloud of
+    # every completed target (the per-row log-likelihood from the moves' final log-density)
     fixed = plan.path == "nested" and not plan.automated
     entry = state.entry + jnp.where(complete, 1, 0) if fixed else state.entry
+    schedule_state = state.schedule
+    if signal:
+        target_done = lam_new >= 1.0
+        rows_in = jnp.maximum(m_to, 1).astype(jnp.float32)
+        per_row = (move_info.logdensity - jax.vmap(log_prior)(moved)) / rows_in
+        finite = jnp.isfinite(per_row)
+        w = jnp.where(finite, jax.nn.softmax(log_weights), 0.0)
+        stats = schedules.ScheduleStats(
+            noise=jnp.asarray(jnp.nan, jnp.float32),
+            entropy=entropy_per_dim(moved, log_weights),
+            log_likelihood=jnp.sum(w * jnp.where(finite, per_row, 0.0)) / jnp.sum(w),
+        )
+        _, advanced, stop = schedules.next_batch_size(plan.schedule, state.schedule, stats)
+        schedule_state = jax.tree.map(
+            lambda a, b: jnp.where(target_done, a, b), advanced, state.schedule
+        )
     if plan.path == "tempered" or plan.automated:
         finished = (m_to >= n) & (lam_new >= 1.0)
+    elif signal:
+        finished = target_done & stop
     else:
         finished = (entry >= len(plan.sizes)) & (lam_new >= 1.0)
     new_state = ExactState(
@@ -330,6 +374,7 @@ def step(
         step_size=moves.next_step_size(h, mean_accept, config.move),
         spread=jnp.where(spread > 0, spread, state.spread),
         done=finished | (k >= plan.max_iterations),
+        schedule=schedule_state,
     )
     new_state = jax.tree.map(lambda a, b: jnp.where(active, a, b), new_state, state)
     info = ExactInfo(
@@ -350,7 +395,7 @@ def step(
         forward_rows=jnp.where(adding, jnp.where(plan.automated, cap, m_to), 0),
         move_rows=m_to,
         progress=new_state.entry / len(plan.sizes)
-        if fixed
+        if fixed and not signal
         else (new_state.m_from + new_state.lam * (new_state.m_to - new_state.m_from)) / n,
     )
     return new_state, info
@@ -430,6 +475,7 @@ def _move(key, particles, log_weights, logdensity, h, config: ExactConfig):
             particle_chunk=config.particle_chunk,
         )
         finite = jnp.all(jnp.isfinite(moved), axis=1)
+        info = info._replace(logdensity=jnp.where(finite, info.logdensity, jnp.nan))
         return jnp.where(finite[:, None], moved, start), info
 
     moved, info = one_round(key, particles, h)
@@ -479,6 +525,8 @@ def path_finished(state: ExactState, plan: PathPlan) -> bool:
         return False
     if plan.path == "tempered" or plan.automated:
         return int(state.m_to) >= plan.num_data
+    if plan.schedule is not None:
+        return bool(state.schedule.stopped)
     return int(state.entry) >= len(plan.sizes)
 
 
@@ -509,6 +557,8 @@ def rows_needed(plan: PathPlan, state_host: dict, steps: int) -> int:
         if not complete:
             return int(state_host["m_to"])
         return min(plan.first_size, n) if m_base == 0 else grow(m_base, plan.growth, n)
+    if plan.schedule is not None:
+        return int(state_host["m_to"] if not complete else state_host["next_size"])
     entry = state_host["entry"]
     ahead = plan.sizes[entry : entry + steps] or plan.sizes[-1:]
     return max(int(state_host["m_to"]), *ahead)
@@ -537,9 +587,9 @@ def run(
     (state, status, counts).
 
     x, y: the whole training set in the path's (permuted) order, on the device. The host syncs
-    every `sync_every` dispatched steps (every step while an automated schedule grows: the next
-    bucket depends on the last choice) and dispatches each segment with the smallest bucket that
-    holds every row a step of it can need, so no step is a no-op. counts: iterations,
+    every `sync_every` dispatched steps (every step under automated and the signal schedules:
+    the next bucket depends on the last choice) and dispatches each segment with the smallest
+    bucket that holds every row a step of it can need, so no step is a no-op. counts: iterations,
     example_grads (J * (rows of every gradient + rows of every reweighting forward pass)),
     n_resample, n_bridge. callback(record, state) gets one record per iteration, and the state
     at multiples of `state_every`, at the end and when stopping; returning True stops.
@@ -549,7 +599,7 @@ def run(
     if bool(state.done):
         return state, "finished", counts
     grads = moves.gradient_evaluations(config.move)
-    segment = 1 if plan.automated else max(1, sync_every)
+    segment = 1 if plan.automated or plan.schedule is not None else max(1, sync_every)
     # What the host knows of the path since the last sync, and the bucket of the segment.
     host = {"at": _host_view(state), "bucket": None, "state": state}
 
@@ -624,4 +674,10 @@ def run(
 
 def _host_view(state: ExactState) -> dict:
     """The scalars of the state that the host needs to choose the next bucket."""
-    return {"m_from": state.m_from, "m_to": state.m_to, "lam": state.lam, "entry": state.entry}
+    return {
+        "m_from": state.m_from,
+        "m_to": state.m_to,
+        "lam": state.lam,
+        "entry": state.entry,
+        "next_size": state.schedule.batch_size,
+    }

@@ -43,6 +43,7 @@ class MoveSettings(NamedTuple):
 class MoveInfo(NamedTuple):
     accept: jax.Array  # (J,) mean acceptance probability over the particle's MH steps
     divergent: jax.Array  # (J,) number of divergent trajectories
+    logdensity: jax.Array  # (J,) log gamma_k at the particle's final position
 
 
 def mh_moves(
@@ -77,13 +78,13 @@ def mh_moves(
         state, (accept, divergent) = jax.lax.scan(
             body, state, jax.random.split(key, settings.num_mcmc_steps)
         )
-        return state.position, jnp.mean(accept), jnp.sum(divergent)
+        return state.position, jnp.mean(accept), jnp.sum(divergent), state.logdensity
 
     keys = jax.random.split(rng_key, positions.shape[0])
-    moved, accept, divergent = map_particles(
+    moved, accept, divergent, logdensity = map_particles(
         one, (keys, positions), particle_map=particle_map, particle_chunk=particle_chunk
     )
-    return moved, MoveInfo(accept=accept, divergent=divergent)
+    return moved, MoveInfo(accept=accept, divergent=divergent, logdensity=logdensity)
 
 
 def gradient_evaluations(settings: MoveSettings) -> int:
