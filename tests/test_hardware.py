@@ -42,8 +42,10 @@ def test_pin_cores_picks_a_block_per_job():
     [
         [],  # the fixed-schedule loop
         ["schedule=sda", "proposal.adapt_step_size=true"],  # the scheduled (adaptive) loop
+        # the exact sampler (resampling and the ESS bisection read the whole cloud)
+        ["smc.path=nested", "schedule=automated", "smc.final_sweeps=2", "proposal.num_steps=2"],
     ],
-    ids=["fixed", "scheduled"],
+    ids=["fixed", "scheduled", "exact"],
 )
 def test_two_host_devices_give_the_results_of_one(tmp_path, run_cli, path):
     # XLA's forced host device count splits the CPU into 2 devices; J=8 particles become 2 x 4.
@@ -51,7 +53,9 @@ def test_two_host_devices_give_the_results_of_one(tmp_path, run_cli, path):
     got = {}
     for devices in (1, 2):
         out = tmp_path / f"d{devices}"
-        args = (*TINY, *path, f"hardware.devices={devices}", f"hydra.run.dir={out}")
+        keys = {p.split("=")[0] for p in path}
+        base = [a for a in TINY if a.split("=")[0] not in keys]
+        args = (*base, *path, f"hardware.devices={devices}", f"hydra.run.dir={out}")
         proc = run_cli(*args, env=env)
         assert proc.returncode == 0, proc.stderr
         got[devices] = results(out)

@@ -82,11 +82,6 @@ def validate(cfg: DictConfig) -> None:
             f"hardware.data_chunk={cfg.hardware.data_chunk} is not available with "
             f"smc.path={smc.path} yet; use hardware.data_chunk=null (or smc.path=minibatch)"
         )
-    if cfg.hardware.devices > 1:
-        raise ConfigError(
-            f"hardware.devices={cfg.hardware.devices} is not available with smc.path={smc.path} "
-            "yet; use hardware.devices=1 (or smc.path=minibatch)"
-        )
 
 
 def path_plan(cfg: DictConfig, num_data: int):
@@ -183,6 +178,13 @@ def run(job) -> dict[str, Any]:
     if job.checkpoints.resumed is not None:
         state, meta = job.checkpoints.read(state)
         counts, elapsed = meta["run_counts"], meta["elapsed"]
+    if cfg.hardware.devices > 1:  # the particles and their weights split across devices
+        from bnn_bench.hardware import shard_particles
+
+        (particles, log_weights), (x, y, state) = shard_particles(
+            (state.particles, state.log_weights), (x, y, state), cfg.hardware.devices
+        )
+        state = state._replace(particles=particles, log_weights=log_weights)
     last = {"checkpointed": int(state.iteration), "evaluated": int(state.iteration)}
     tally = dict(counts or {"iterations": 0, "example_grads": 0, "n_resample": 0, "n_bridge": 0})
     every = job.checkpoints.every
@@ -258,6 +260,7 @@ def run(job) -> dict[str, Any]:
         correction="mh",
         num_mcmc_steps=smc.num_mcmc_steps,
         num_particles=smc.num_particles,
+        devices=len(state.particles.sharding.device_set),  # where the particles ended up
         final_sweeps=smc.final_sweeps,
         num_draws=int(particles.shape[0]),  # the predictive's: J per cloud, 1 + final_sweeps clouds
         adapt_step_size=bool(cfg.proposal.adapt_step_size),

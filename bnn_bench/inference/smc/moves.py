@@ -20,7 +20,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from blackjax.mcmc import hmc
 
 from bnn_bench.inference.mapping import map_particles
 
@@ -62,6 +61,10 @@ def mh_moves(
     Costs num_mcmc_steps * S + 1 gradient evaluations per particle (the first at the start: the
     target has just changed; each later step reuses the accepted state's gradient).
     """
+    # imported here: blackjax's import starts the JAX backend, and config.py reads this
+    # module's defaults before hardware.platform is applied
+    from blackjax.mcmc import hmc
+
     kernel = hmc.build_kernel()
     if inverse_mass is None:
         inverse_mass = jnp.ones(positions.shape[1], positions.dtype)
