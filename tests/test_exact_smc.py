@@ -350,6 +350,25 @@ def test_moves_that_accept_nothing_are_retried_at_a_smaller_step():
     assert max(err for err, _, _ in failed) > 1.0
 
 
+def test_chunked_rows_give_the_whole_rows_value_gradient_and_row_terms():
+    x, y = jnp.asarray(X), jnp.asarray(Y)
+    wts = exact.row_weights(N, 40, 90, 0.3)
+    theta = jnp.asarray([0.3, -1.0, 2.0])
+    whole = jax.value_and_grad(exact.log_density(blr_log_prior, blr_log_likelihood, x, y, wts))
+    for chunk in (7, 33, 99):
+        f = exact.log_density(blr_log_prior, blr_log_likelihood, x, y, wts, chunk)
+        (v0, g0), (v1, g1) = whole(theta), jax.jit(jax.value_and_grad(f))(theta)
+        assert float(v1) == pytest.approx(float(v0), rel=1e-6)
+        np.testing.assert_allclose(np.asarray(g1), np.asarray(g0), rtol=1e-5)
+    cloud = jax.random.normal(jax.random.key(0), (5, D))
+    rows = exact.row_log_likelihoods(blr_log_likelihood, cloud, x, y)
+    np.testing.assert_allclose(
+        np.asarray(exact.row_log_likelihoods(blr_log_likelihood, cloud, x, y, 7)),
+        np.asarray(rows),
+        rtol=1e-6,
+    )
+
+
 def test_distinct_particles_counts_exact_copies_once():
     p = jax.random.normal(jax.random.key(0), (5, 7))
     cloud = p[jnp.asarray([0, 0, 1, 2, 2, 2, 4, 3])]

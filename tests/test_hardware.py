@@ -70,13 +70,23 @@ def test_two_host_devices_give_the_results_of_one(tmp_path, run_cli, path):
 
 
 @pytest.mark.slow
-def test_data_chunks_give_the_results_of_the_whole_batch(tmp_path, run_cli):
-    # The scheduled path (per-example terms for sda's noise estimate) with every batch, the full
-    # one included, split into gradient chunks of at most 150 rows.
+@pytest.mark.parametrize(
+    "path",
+    [
+        ["schedule=sda"],  # per-example terms for sda's noise estimate
+        ["smc.path=nested", "schedule=automated", "smc.final_sweeps=2", "proposal.num_steps=2"],
+    ],
+    ids=["minibatch", "exact"],
+)
+def test_data_chunks_give_the_results_of_the_whole_batch(tmp_path, run_cli, path):
+    # Every batch (subset), the full one included, split into gradient (and, on the exact path,
+    # reweighting) chunks of at most 150 rows.
     got = {}
+    keys = {p.split("=")[0] for p in path}
+    base = [a for a in TINY if a.split("=")[0] not in keys]
     for chunk in ("null", "150"):
         out = tmp_path / chunk
-        args = (*TINY, "schedule=sda", f"hardware.data_chunk={chunk}", f"hydra.run.dir={out}")
+        args = (*base, *path, f"hardware.data_chunk={chunk}", f"hydra.run.dir={out}")
         proc = run_cli(*args)
         assert proc.returncode == 0, proc.stderr
         got[chunk] = results(out)

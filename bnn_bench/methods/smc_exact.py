@@ -77,11 +77,6 @@ def validate(cfg: DictConfig) -> None:
             "schedule.signal=noise is not available with smc.path=nested (it measures the "
             "noise of a minibatch's weights; nested has none); use loglik or entropy"
         )
-    if cfg.hardware.data_chunk is not None:
-        raise ConfigError(
-            f"hardware.data_chunk={cfg.hardware.data_chunk} is not available with "
-            f"smc.path={smc.path} yet; use hardware.data_chunk=null (or smc.path=minibatch)"
-        )
 
 
 def path_plan(cfg: DictConfig, num_data: int):
@@ -141,6 +136,7 @@ def exact_config(cfg: DictConfig, particle_map: str):
         resampler=cfg.smc.resampler,
         particle_map=particle_map,
         particle_chunk=cfg.hardware.particle_chunk,
+        data_chunk=cfg.hardware.data_chunk,
     )
 
 

@@ -82,6 +82,7 @@ class ExactConfig(NamedTuple):
     resampler: str
     particle_map: str = "vmap"
     particle_chunk: int | None = None
+    data_chunk: int | None = None  # rows per gradient and forward pass (memory bound); None: all
 
 
 class ExactState(NamedTuple):
@@ -182,6 +183,63 @@ def weighted_log_likelihood(log_likelihood: Callable, theta, x, y, weights):
     """sum_i weights_i * log p(y_i | x_i, theta); rows of weight 0 add exactly nothing."""
     ll = log_likelihood(theta, x, y)
     return jnp.sum(jnp.where(weights > 0, weights * ll, 0.0))
+
+
+def _split_rows(a: jax.Array, chunk: int) -> jax.Array:
+    """(rows, ...) -> (ceil(rows / chunk), size, ...) equal chunks, zero rows filling the last."""
+    rows = a.shape[0]
+    num = -(-rows // chunk)
+    size = -(-rows // num)
+    a = jnp.pad(a, [(0, num * size - rows)] + [(0, 0)] * (a.ndim - 1))
+    return a.reshape(num, size, *a.shape[1:])
+
+
+def log_density(log_prior: Callable, log_likelihood: Callable, x, y, weights, chunk=None):
+    """theta -> log p(theta) + sum_i weights_i l_i(theta), the target the moves sample.
+
+    With `chunk` below the rows, the likelihood part's value and gradient are summed chunk by
+    chunk in a `lax.scan` (a custom VJP hands the gradient to blackjax's value_and_grad), so the
+    activations of one chunk are alive at a time: the memory of a move no longer grows with the
+    subset. The same value as the whole rows up to float summation order (padding rows have
+    weight 0 and add nothing)."""
+    if chunk is None or x.shape[0] <= chunk:
+        return lambda theta: (
+            log_prior(theta) + weighted_log_likelihood(log_likelihood, theta, x, y, weights)
+        )
+    xc, yc, wc = _split_rows(x, chunk), _split_rows(y, chunk), _split_rows(weights, chunk)
+
+    def part(theta, xs, ys, ws):
+        return weighted_log_likelihood(log_likelihood, theta, xs, ys, ws)
+
+    def value_and_grad(theta):
+        def body(carry, c):
+            v, g = jax.value_and_grad(part)(theta, *c)
+            return (carry[0] + v, carry[1] + g), None
+
+        zero = (jnp.zeros((), theta.dtype), jnp.zeros_like(theta))
+        return jax.lax.scan(body, zero, (xc, yc, wc))[0]
+
+    @jax.custom_vjp
+    def likelihood(theta):
+        def body(total, c):
+            return total + part(theta, *c), None
+
+        return jax.lax.scan(body, jnp.zeros((), theta.dtype), (xc, yc, wc))[0]
+
+    likelihood.defvjp(value_and_grad, lambda grad, ct: (ct * grad,))
+    return lambda theta: log_prior(theta) + likelihood(theta)
+
+
+def row_log_likelihoods(log_likelihood: Callable, particles, x, y, chunk=None):
+    """(J, rows) per-row log-likelihoods of every particle, in chunks of rows with `chunk`."""
+    per_particle = jax.vmap(lambda th, xs, ys: log_likelihood(th, xs, ys), in_axes=(0, None, None))
+    if chunk is None or x.shape[0] <= chunk:
+        return per_particle(particles, x, y)
+    rows = x.shape[0]
+    out = jax.lax.map(
+        lambda c: per_particle(particles, *c), (_split_rows(x, chunk), _split_rows(y, chunk))
+    )
+    return jnp.moveaxis(out, 0, 1).reshape(particles.shape[0], -1)[:, :rows]
 
 
 def log_conditional_ess(log_weights, increments):
@@ -288,7 +346,7 @@ def step(
 
     # 2. reweight by the added rows' log-likelihood (one forward pass, only when rows are added)
     def forward(_):
-        return jax.vmap(lambda th: log_likelihood(th, xb, yb))(state.particles)
+        return row_log_likelihoods(log_likelihood, state.particles, xb, yb, config.data_chunk)
 
     ll_rows = jax.lax.cond(
         adding, forward, lambda _: jnp.zeros((num_particles, bucket), jnp.float32), None
@@ -322,9 +380,7 @@ def step(
 
     # 4. move on the new target
     wts = row_weights(bucket, m_base, m_to, lam_new)
-
-    def logdensity(theta):
-        return log_prior(theta) + weighted_log_likelihood(log_likelihood, theta, xb, yb, wts)
+    logdensity = log_density(log_prior, log_likelihood, xb, yb, wts, config.data_chunk)
 
     # With adaptation, h follows the cloud's contraction since the last move (the targets can
     # sharpen several-fold in one iteration) and is nudged by the last acceptance (step 5).
@@ -432,9 +488,7 @@ def final_sweep(
     keeps adapting from each sweep's acceptance, as between iterations.
     """
     wts = row_weights(x.shape[0], state.m_from, state.m_to, state.lam)
-
-    def logdensity(theta):
-        return log_prior(theta) + weighted_log_likelihood(log_likelihood, theta, x, y, wts)
+    logdensity = log_density(log_prior, log_likelihood, x, y, wts, config.data_chunk)
 
     h = state.step_size
     key = jax.random.fold_in(rng_key, sweep)
