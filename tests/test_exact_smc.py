@@ -350,6 +350,40 @@ def test_moves_that_accept_nothing_are_retried_at_a_smaller_step():
     assert max(err for err, _, _ in failed) > 1.0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ctr", "tempered"])
+def test_chees_moves_keep_the_posterior_and_adapt_the_trajectory_length(name):
+    """proposal=chees on the exact sampler: MH steps of a jittered number of leapfrog steps,
+    T adapted between iterations by blackjax's ChEES update; the answers stay exact."""
+    move = moves.MoveSettings(3, 2, True, 0.65, 1.0, "identity", 0.2, 5, chees=True, max_steps=10)
+    plan = PLANS[name]
+    for seed in range(2):
+        state = exact.init(jax.random.key(seed), jnp.full(D, PRIOR), 2000, 0.1, plan, move)
+        assert float(state.chees.trajectory_length) == pytest.approx(0.3)  # S h
+        records = []
+        state, status, _ = exact.run(
+            jax.random.key(100 + seed),
+            state,
+            jnp.asarray(X),
+            jnp.asarray(Y),
+            log_prior=blr_log_prior,
+            log_likelihood=blr_log_likelihood,
+            plan=plan,
+            config=exact.ExactConfig(move, 0.5, "systematic"),
+            bucket_sizes=exact.buckets(N, C),
+            num_particles=2000,
+            callback=lambda record, _, rec=records: rec.append(record),
+        )
+        assert status == "finished"
+        mean, sd = weighted_moments(state)
+        assert np.all(np.abs(mean - POST_MEAN) < 0.1 * POST_SD), (mean, POST_MEAN)
+        assert np.all(np.abs(sd / POST_SD - 1) < 0.1), sd / POST_SD
+        assert abs(float(state.log_evidence) - LOG_Z) < 0.5
+        assert float(state.chees.trajectory_length) > 0.45  # T grew from 0.3 on this target
+        steps = [r["leapfrog_steps"] for r in records]
+        assert len(set(steps)) > 3 and max(steps) <= 10, steps  # jittered, capped
+
+
 def test_chunked_rows_give_the_whole_rows_value_gradient_and_row_terms():
     x, y = jnp.asarray(X), jnp.asarray(Y)
     wts = exact.row_weights(N, 40, 90, 0.3)

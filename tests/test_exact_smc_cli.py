@@ -124,3 +124,19 @@ def test_nested_sda_grows_the_subset_when_the_cloud_settles(run_cli, tmp_path):
     rows = read_jsonl(out / "metrics.jsonl")
     done = [r["batch_size"] for r in rows if r["lambda"] == 1.0]
     assert done == [50, 50, 100, 100, 200, 200], done
+
+
+@pytest.mark.slow
+def test_chees_on_the_exact_path_counts_its_jittered_steps(run_cli, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(
+        *TINY, "smc.path=nested", "schedule=constant", "proposal=chees", f"hydra.run.dir={out}"
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["proposal"] == "chees" and results["trajectory_length"] > 0
+    rows = read_jsonl(out / "metrics.jsonl")
+    # every round of every iteration: J * 50 rows * (1 MH step * its leapfrog steps + 1)
+    grads = sum(8 * 50 * (r["leapfrog_steps"] + 1) * r["move_rounds"] for r in rows)
+    forward = 8 * 50 * (results["n_bridge"] + 1)
+    assert results["example_grads"] == grads + forward

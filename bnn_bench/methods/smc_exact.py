@@ -25,7 +25,7 @@ BRIDGE_ALLOWANCE = 10_000
 
 def validate(cfg: DictConfig) -> None:
     """Checks of smc.path, smc.num_mcmc_steps and proposal.correction (ConfigError, named key)."""
-    smc, p = cfg.smc, cfg.proposal
+    smc = cfg.smc
     if smc.path not in SMC_PATHS:
         raise ConfigError(
             f"smc.path={smc.path} is not allowed; choose one of: {', '.join(SMC_PATHS)}"
@@ -60,11 +60,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"proposal.correction=none is not allowed with smc.path={smc.path}: the exact sampler "
             "needs gamma_k-invariant (Metropolis-adjusted) moves; use smc.path=minibatch"
-        )
-    if p.name == "chees":
-        raise ConfigError(
-            f"proposal=chees is not available with smc.path={smc.path}; use proposal=hmc or "
-            "langevin (or smc.path=minibatch)"
         )
     if smc.path == "nested" and cfg.schedule.name not in NESTED_SCHEDULES:
         raise ConfigError(
@@ -129,6 +124,9 @@ def exact_config(cfg: DictConfig, particle_map: str):
         mass=p.mass,
         min_accept=p.min_accept,
         max_retries=p.max_retries,
+        chees=p.name == "chees",
+        max_steps=p.max_steps,
+        learning_rate=p.learning_rate,
     )
     return exact.ExactConfig(
         move,
@@ -167,7 +165,7 @@ def run(job) -> dict[str, Any]:
     x, y = jnp.asarray(data.x_train[order]), jnp.asarray(data.y_train[order])
     key_init, key_run = jax.random.split(jax.random.key(cfg.seed))
     state = exact.init(
-        key_init, posterior.prior_std, smc.num_particles, cfg.proposal.step_size, plan
+        key_init, posterior.prior_std, smc.num_particles, cfg.proposal.step_size, plan, config.move
     )
     counts = None
     elapsed = 0.0
@@ -262,6 +260,7 @@ def run(job) -> dict[str, Any]:
         adapt_step_size=bool(cfg.proposal.adapt_step_size),
         mass=cfg.proposal.mass,
         step_size=float(state.step_size),
+        trajectory_length=None if state.chees is None else float(state.chees.trajectory_length),
         log_evidence=float(state.log_evidence),
         final_target=final,
         ess_final=float(ess(state.log_weights)),
@@ -298,7 +297,7 @@ def final_sweeps(job, state, x, y, key_run, config, run_counts, elapsed):
     rows = int(state.m_to)
     xs, ys = x[:rows], y[:rows]
     key = jax.random.fold_in(key_run, 2**31 - 1)  # iteration keys are fold_in(key_run, k)
-    grads = cfg.smc.num_particles * rows * moves.gradient_evaluations(config.move)  # per round
+    per_row = cfg.smc.num_particles * rows  # example-gradients per gradient of the cloud
     clouds = [state.particles]
     ess_end = float(ess(state.log_weights))
     for sweep in range(num):
@@ -322,7 +321,8 @@ def final_sweeps(job, state, x, y, key_run, config, run_counts, elapsed):
             config=config,
         )
         clouds.append(state.particles)
-        run_counts["example_grads"] += grads * int(info.move_rounds)
+        grads = moves.gradient_evaluations(config.move, int(info.leapfrog_steps))
+        run_counts["example_grads"] += per_row * grads * int(info.move_rounds)
         record = {
             "iter": run_counts["iterations"] + sweep + 1,
             "sweep": sweep + 1,
@@ -331,6 +331,7 @@ def final_sweeps(job, state, x, y, key_run, config, run_counts, elapsed):
             "accept_mean": float(info.accept),
             "divergent": int(info.divergent),
             "step_size": float(info.step_size),
+            "leapfrog_steps": int(info.leapfrog_steps),
             "move_rounds": int(info.move_rounds),
             "distinct_particles": int(info.distinct),
             "ess": ess_end,  # the sweeps leave the weights alone

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +46,7 @@ from blackjax.smc import solver as bj_solver
 from jax.scipy.special import logsumexp
 
 from bnn_bench.inference import driver
-from bnn_bench.inference.smc import moves, schedules
+from bnn_bench.inference.smc import moves, proposals, schedules
 from bnn_bench.inference.smc.proposals import diagonal_inverse_mass
 from bnn_bench.inference.smc.sampler import RESAMPLERS, entropy_per_dim
 
@@ -100,6 +100,7 @@ class ExactState(NamedTuple):
     spread: jax.Array  # float32: sqrt(mean weighted variance) of the cloud the last move saw
     done: jax.Array  # bool: the path has ended (or max_iterations reached)
     schedule: schedules.ScheduleState  # the signal schedule's state (unused by the others)
+    chees: Any = None  # proposal=chees: blackjax's ChEES state (trajectory length T)
 
 
 class ExactInfo(NamedTuple):
@@ -112,6 +113,7 @@ class ExactInfo(NamedTuple):
     accept: jax.Array  # mean MH acceptance of the last round of moves
     divergent: jax.Array
     step_size: jax.Array  # h of the last round of moves
+    leapfrog_steps: jax.Array  # int32: leapfrog steps per MH step (S; chees: jittered)
     move_rounds: jax.Array  # int32: rounds of moves (1 + retries at a smaller h)
     distinct: jax.Array  # int32: particles that differ from every other after the moves
     lam: jax.Array  # tempering of the added rows after this iteration
@@ -130,9 +132,11 @@ def init(
     num_particles: int,
     step_size: float,
     plan: PathPlan | None = None,
+    move: moves.MoveSettings | None = None,
 ) -> ExactState:
     """Prior draws N(0, diag(prior_std^2)) with equal weights; no data in the target yet.
-    `plan` is needed for a signal schedule (its state's shape comes from the schedule)."""
+    `plan` is needed for a signal schedule (its state's shape comes from the schedule), `move`
+    for proposal=chees (T starts at S h, as on the minibatch path)."""
     particles = jax.random.normal(rng_key, (num_particles, prior_std.size)) * prior_std
     zero = jnp.asarray(0, jnp.int32)
     return ExactState(
@@ -148,7 +152,52 @@ def init(
         spread=cloud_spread(particles, jnp.zeros(num_particles, particles.dtype)),
         done=jnp.asarray(False),
         schedule=schedules.init_state(_schedule_of(plan)),
+        chees=proposals.init_tuning(_chees_proposal(move, step_size)).chees
+        if move is not None and move.chees
+        else None,
     )
+
+
+def _chees_proposal(move: moves.MoveSettings, step_size) -> proposals.Proposal:
+    """The minibatch path's Proposal of the same ChEES settings (its blackjax ChEES update)."""
+    return proposals.Proposal(
+        num_steps=move.num_steps,
+        step_size=step_size,
+        name="chees",
+        target_accept=move.target_accept,
+        max_steps=move.max_steps,
+        learning_rate=move.learning_rate,
+    )
+
+
+def chees_num_steps(chees, h, move: moves.MoveSettings) -> jax.Array:
+    """This iteration's leapfrog steps: ceil(u T / h), u from a Halton sequence, in [1, max]."""
+    from blackjax.mcmc.dynamic_hmc import halton_sequence
+
+    n = jnp.ceil(halton_sequence(chees.random_generator_arg) * chees.trajectory_length / h)
+    return jnp.clip(n.astype(jnp.int32), 1, move.max_steps)
+
+
+def chees_update(chees, last: moves.LastTransition, inverse_mass, h, move: moves.MoveSettings):
+    """T from blackjax's ChEES update on every particle's last MH step; h stays the sampler's
+    (the acceptance rule), and T is kept within [h, max_steps h]. A divergent or non-finite
+    transition enters with its start as end point and zero momentum (as on the minibatch path)."""
+    _, update = proposals._chees_base(_chees_proposal(move, h))
+    end_ok = jnp.all(jnp.isfinite(last.proposal), axis=1) & jnp.all(
+        jnp.isfinite(last.momentum), axis=1
+    )
+    ok = end_ok & ~last.divergent
+    new = update(
+        chees,
+        jnp.where(ok[:, None], last.proposal, last.start),
+        jnp.where(ok[:, None], last.momentum, 0.0),
+        last.start,
+        jnp.maximum(last.accept, 1e-20),
+        ~ok,
+        inverse_mass,
+    )
+    length = jnp.clip(new.trajectory_length, h, move.max_steps * h)
+    return new._replace(step_size=jnp.asarray(h, jnp.float32), trajectory_length=length)
 
 
 def _schedule_of(plan: PathPlan | None) -> schedules.SchedulePlan:
@@ -389,8 +438,15 @@ def step(
     if config.move.adapt_step_size:
         ratio = spread / state.spread
         h = jnp.where(jnp.isfinite(ratio) & (ratio > 0), h * ratio, h)
-    moved, move_info, h, rounds = _move(key_move, particles, log_weights, logdensity, h, config)
+    leapfrog = chees_num_steps(state.chees, h, config.move) if config.move.chees else None
+    moved, move_info, h, rounds, inverse_mass = _move(
+        key_move, particles, log_weights, logdensity, h, config, leapfrog
+    )
     mean_accept = jnp.mean(move_info.accept)
+    next_h = moves.next_step_size(h, mean_accept, config.move)
+    chees = state.chees
+    if config.move.chees:
+        chees = chees_update(state.chees, move_info.last, inverse_mass, next_h, config.move)
 
     # 5. the next step size; where the path stands; a signal schedule reads the moved cloud of
     # every completed target (the per-row log-likelihood from the moves' final log-density)
@@ -427,10 +483,11 @@ def step(
         lam=lam_new,
         entry=entry,
         iteration=k,
-        step_size=moves.next_step_size(h, mean_accept, config.move),
+        step_size=next_h,
         spread=jnp.where(spread > 0, spread, state.spread),
         done=finished | (k >= plan.max_iterations),
         schedule=schedule_state,
+        chees=chees,
     )
     new_state = jax.tree.map(lambda a, b: jnp.where(active, a, b), new_state, state)
     info = ExactInfo(
@@ -441,6 +498,7 @@ def step(
         accept=mean_accept,
         divergent=jnp.sum(move_info.divergent),
         step_size=h,
+        leapfrog_steps=jnp.asarray(config.move.num_steps if leapfrog is None else leapfrog),
         move_rounds=rounds,
         distinct=distinct_particles(moved),
         lam=lam_new,
@@ -461,6 +519,7 @@ class SweepInfo(NamedTuple):
     accept: jax.Array  # mean MH acceptance of the sweep's last round of moves
     divergent: jax.Array
     step_size: jax.Array  # h of the last round
+    leapfrog_steps: jax.Array  # leapfrog steps per MH step (S; chees: jittered)
     move_rounds: jax.Array  # rounds of moves (1 + retries at a smaller h)
     distinct: jax.Array  # particles that differ from every other after the sweep
 
@@ -492,18 +551,24 @@ def final_sweep(
 
     h = state.step_size
     key = jax.random.fold_in(rng_key, sweep)
-    moved, info, h, rounds = _move(key, state.particles, state.log_weights, logdensity, h, config)
-    mean_accept = jnp.mean(info.accept)
-    new = state._replace(
-        particles=moved, step_size=moves.next_step_size(h, mean_accept, config.move)
+    leapfrog = chees_num_steps(state.chees, h, config.move) if config.move.chees else None
+    moved, info, h, rounds, inverse_mass = _move(
+        key, state.particles, state.log_weights, logdensity, h, config, leapfrog
     )
+    mean_accept = jnp.mean(info.accept)
+    next_h = moves.next_step_size(h, mean_accept, config.move)
+    chees = state.chees
+    if config.move.chees:
+        chees = chees_update(state.chees, info.last, inverse_mass, next_h, config.move)
+    new = state._replace(particles=moved, step_size=next_h, chees=chees)
+    steps = jnp.asarray(config.move.num_steps if leapfrog is None else leapfrog)
     sweep_info = SweepInfo(
-        mean_accept, jnp.sum(info.divergent), h, rounds, distinct_particles(moved)
+        mean_accept, jnp.sum(info.divergent), h, steps, rounds, distinct_particles(moved)
     )
     return new, sweep_info
 
 
-def _move(key, particles, log_weights, logdensity, h, config: ExactConfig):
+def _move(key, particles, log_weights, logdensity, h, config: ExactConfig, num_steps=None):
     """The MH moves of every particle (the cloud's diagonal mass with proposal.mass=diag); a
     particle whose move is not finite stays where it was.
 
@@ -511,9 +576,10 @@ def _move(key, particles, log_weights, logdensity, h, config: ExactConfig):
     the last one ended at half its step size, at most `move.max_retries` times: every round is a
     gamma-invariant kernel, so the cloud stays a weighted sample of the target; the retries only
     keep a step size far too large for a new target from leaving duplicates unmoved. Returns
-    (moved, info of the last round with divergences summed over rounds, its h, rounds).
+    (moved, info of the last round with divergences summed over rounds, its h, rounds, the
+    inverse mass). `num_steps`: the leapfrog steps when they vary (chees).
     """
-    inverse_mass = None
+    inverse_mass = jnp.ones(particles.shape[1], particles.dtype)
     if config.move.mass == "diag":
         inverse_mass = diagonal_inverse_mass(particles, log_weights)
 
@@ -527,6 +593,8 @@ def _move(key, particles, log_weights, logdensity, h, config: ExactConfig):
             inverse_mass=inverse_mass,
             particle_map=config.particle_map,
             particle_chunk=config.particle_chunk,
+            num_steps=num_steps,
+            last_transition=config.move.chees,
         )
         finite = jnp.all(jnp.isfinite(moved), axis=1)
         info = info._replace(logdensity=jnp.where(finite, info.logdensity, jnp.nan))
@@ -535,7 +603,7 @@ def _move(key, particles, log_weights, logdensity, h, config: ExactConfig):
     moved, info = one_round(key, particles, h)
     rounds = jnp.asarray(1, jnp.int32)
     if config.move.max_retries == 0:
-        return moved, info, h, rounds
+        return moved, info, h, rounds, inverse_mass
 
     def again(carry):
         _, info, _, rounds = carry
@@ -549,7 +617,8 @@ def _move(key, particles, log_weights, logdensity, h, config: ExactConfig):
         new = new._replace(divergent=new.divergent + info.divergent)
         return moved, new, h, rounds + 1
 
-    return jax.lax.while_loop(again, retry, (moved, info, jnp.asarray(h, jnp.float32), rounds))
+    carry = (moved, info, jnp.asarray(h, jnp.float32), rounds)
+    return (*jax.lax.while_loop(again, retry, carry), inverse_mass)
 
 
 def distinct_particles(particles: jax.Array) -> jax.Array:
@@ -652,7 +721,6 @@ def run(
     counts = dict(counts or {"iterations": 0, "example_grads": 0, "n_resample": 0, "n_bridge": 0})
     if bool(state.done):
         return state, "finished", counts
-    grads = moves.gradient_evaluations(config.move)
     segment = 1 if plan.automated or plan.schedule is not None else max(1, sync_every)
     # What the host knows of the path since the last sync, and the bucket of the segment.
     host = {"at": _host_view(state), "bucket": None, "state": state}
@@ -680,6 +748,7 @@ def run(
         records = []
         for inf in (inf for inf in infos if inf.active):
             counts["iterations"] = int(inf.iteration)
+            grads = moves.gradient_evaluations(config.move, int(inf.leapfrog_steps))
             rows = int(inf.move_rows) * grads * int(inf.move_rounds) + int(inf.forward_rows)
             counts["example_grads"] += num_particles * rows
             counts["n_resample"] += int(inf.resampled)
@@ -694,6 +763,7 @@ def run(
                     "accept_mean": float(inf.accept),
                     "divergent": int(inf.divergent),
                     "step_size": float(inf.step_size),
+                    "leapfrog_steps": int(inf.leapfrog_steps),
                     "move_rounds": int(inf.move_rounds),
                     "distinct_particles": int(inf.distinct),
                     "log_evidence": float(inf.log_evidence),

@@ -16,7 +16,7 @@ moves again at half the step size (`max_retries`). Each round is gamma-invariant
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,12 +37,28 @@ class MoveSettings(NamedTuple):
     # where it ended at half the step size, up to `max_retries` times (exact.py, `_move`).
     min_accept: float = 0.2
     max_retries: int = 0
+    # proposal=chees: a jittered number of leapfrog steps ceil(u_k T / h), T adapted between
+    # iterations by the ChEES criterion over the cloud (exact.py; proposals.py: minibatch path)
+    chees: bool = False
+    max_steps: int = 10
+    learning_rate: float = 0.05
 
 
 class MoveInfo(NamedTuple):
     accept: jax.Array  # (J,) mean acceptance probability over the particle's MH steps
     divergent: jax.Array  # (J,) number of divergent trajectories
     logdensity: jax.Array  # (J,) log gamma_k at the particle's final position
+    last: Any = None  # LastTransition of every particle (with `last_transition=True`)
+
+
+class LastTransition(NamedTuple):
+    """The particle's last MH step, what the ChEES criterion reads (all (J, ...) arrays)."""
+
+    start: jax.Array  # position at the start of the step
+    proposal: jax.Array  # the leapfrog end point
+    momentum: jax.Array  # the momentum at the end point
+    accept: jax.Array  # its acceptance probability
+    divergent: jax.Array
 
 
 def mh_moves(
@@ -55,11 +71,14 @@ def mh_moves(
     inverse_mass: jax.Array | None = None,
     particle_map: str = "vmap",
     particle_chunk: int | None = None,
+    num_steps: jax.Array | None = None,
+    last_transition: bool = False,
 ) -> tuple[jax.Array, MoveInfo]:
     """Move every row of `positions` with `num_mcmc_steps` gamma-invariant HMC steps.
 
     Costs num_mcmc_steps * S + 1 gradient evaluations per particle (the first at the start: the
-    target has just changed; each later step reuses the accepted state's gradient).
+    target has just changed; each later step reuses the accepted state's gradient). `num_steps`
+    (traced: chees) replaces S; `last_transition` also returns each particle's last step.
     """
     # imported here: blackjax's import starts the JAX backend, and config.py reads this
     # module's defaults before hardware.platform is applied
@@ -69,30 +88,47 @@ def mh_moves(
     if inverse_mass is None:
         inverse_mass = jnp.ones(positions.shape[1], positions.dtype)
 
+    steps = settings.num_steps if num_steps is None else num_steps
+
     def one(args):
         key, theta = args
         state = hmc.init(theta, logdensity_fn)
+        zero = jnp.zeros((), theta.dtype)
+        last = LastTransition(theta, theta, jnp.zeros_like(theta), zero, jnp.asarray(False))
 
-        def body(st, k):
-            st, info = kernel(k, st, logdensity_fn, step_size, inverse_mass, settings.num_steps)
-            accept = jnp.where(info.is_divergent, 0.0, info.acceptance_rate)
-            return st, (jnp.nan_to_num(accept), info.is_divergent)
+        def body(carry, k):
+            st, _ = carry
+            new, info = kernel(k, st, logdensity_fn, step_size, inverse_mass, steps)
+            accept = jnp.nan_to_num(jnp.where(info.is_divergent, 0.0, info.acceptance_rate))
+            last = LastTransition(
+                st.position,
+                info.proposal.position,
+                info.proposal.momentum,
+                accept,
+                info.is_divergent,
+            )
+            return (new, last if last_transition else carry[1]), (accept, info.is_divergent)
 
-        state, (accept, divergent) = jax.lax.scan(
-            body, state, jax.random.split(key, settings.num_mcmc_steps)
+        (state, last), (accept, divergent) = jax.lax.scan(
+            body, (state, last), jax.random.split(key, settings.num_mcmc_steps)
         )
-        return state.position, jnp.mean(accept), jnp.sum(divergent), state.logdensity
+        out = (state.position, jnp.mean(accept), jnp.sum(divergent), state.logdensity)
+        return (*out, last) if last_transition else out
 
     keys = jax.random.split(rng_key, positions.shape[0])
-    moved, accept, divergent, logdensity = map_particles(
+    out = map_particles(
         one, (keys, positions), particle_map=particle_map, particle_chunk=particle_chunk
     )
-    return moved, MoveInfo(accept=accept, divergent=divergent, logdensity=logdensity)
+    moved, accept, divergent, logdensity = out[:4]
+    info = MoveInfo(accept, divergent, logdensity, out[4] if last_transition else None)
+    return moved, info
 
 
-def gradient_evaluations(settings: MoveSettings) -> int:
-    """Gradient evaluations per particle per SMC iteration (see mh_moves)."""
-    return settings.num_mcmc_steps * settings.num_steps + 1
+def gradient_evaluations(settings: MoveSettings, num_steps: int | None = None) -> int:
+    """Gradient evaluations per particle per round of moves (see mh_moves); `num_steps`: the
+    round's leapfrog steps where they vary (chees)."""
+    steps = settings.num_steps if num_steps is None else num_steps
+    return settings.num_mcmc_steps * steps + 1
 
 
 def next_step_size(step_size: jax.Array, mean_accept: jax.Array, settings: MoveSettings):
