@@ -8,7 +8,8 @@
 # number of targets, so each budget's settings were sized from one-seed pilots to cost about the
 # same, and the table reports what every run spent (example_grads). The exact runs start at
 # h = 0.01: the default 0.1 is ten times the CNN's fan-in prior sds and needs four retries of
-# its first move. Then bnn-bench-report --per-seed writes the table into $OUT.
+# its first move. Then scripts/label_table.py writes the table and the reliability diagrams
+# (one per run label, seeds pooled) into $OUT.
 set -euo pipefail
 OUT=${OUT:-outputs/bench_exact_fmnist}
 SEEDS=${SEEDS:-0 1 2}
@@ -20,9 +21,12 @@ declare -A MOVES=([small]="smc.num_mcmc_steps=1 proposal.num_steps=3"
                   [large]="smc.num_mcmc_steps=2 proposal.num_steps=5")
 declare -A NESTED_SWEEPS=([small]=4 [large]=4)
 declare -A PAPER_ITERS=([small]=43 [large]=122)  # 5,760 example-gradients per iteration
-run() {  # run DIR ARGS...: one job, its summary line
+run() {  # run DIR ARGS...: one job, its summary line (a finished one is kept: rerun to resume)
   local dir=$1
   shift
+  if [ -f "$OUT/$dir/$seed/results.json" ]; then
+    return 0
+  fi
   # shellcheck disable=SC2068
   nice -n 19 .venv/bin/bnn-bench $@ seed="$seed" "hydra.run.dir=$OUT/$dir/$seed" 2>&1 | grep "done"
 }
@@ -37,4 +41,5 @@ for seed in $SEEDS; do
       smc.num_iterations=${PAPER_ITERS[$budget]}
   done
 done
-.venv/bin/bnn-bench-report --per-seed "$OUT"
+.venv/bin/python scripts/label_table.py "$OUT" map nested-small tempered-small paper-small \
+  nested-large tempered-large paper-large | tee "$OUT/table.md"

@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("labels", nargs="*", help="the order of the rows (default: all, sorted)")
     args = parser.parse_args(argv)
     labels = args.labels or sorted(p.name for p in args.root.iterdir() if p.is_dir())
-    groups = {label: finished(args.root / label) for label in labels}
+    groups = {
+        label: finished(args.root / label) for label in labels if (args.root / label).is_dir()
+    }
     groups = {label: runs for label, runs in groups.items() if runs}
     if not groups:
         print(f"label_table.py: no finished runs under {args.root}", file=sys.stderr)

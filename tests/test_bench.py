@@ -70,3 +70,31 @@ def test_paired_diff_pairs_runs_by_seed(tmp_path):
     assert float(cells[3]) == pytest.approx(-0.15) and float(cells[4]) == pytest.approx(0.05)
     nll = next(line for line in lines if line.startswith("| nll"))
     assert float(nll.strip("|").split("|")[3]) == pytest.approx(0.0)
+
+
+def test_label_table_pools_seeds_per_label_and_draws_their_reliability(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("label", REPO / "scripts" / "label_table.py")
+    label = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(label)
+    bins = {"bin_confidence": [0.3, 0.8], "bin_accuracy": [0.2, 0.9], "bin_count": [3, 5]}
+    for name, accs in (("small", (0.6, 0.8)), ("large", (0.7,))):
+        for seed, acc in enumerate(accs):
+            run = tmp_path / name / str(seed)
+            run.mkdir(parents=True)
+            results = {
+                "seed": seed,
+                "status": "finished",
+                "accuracy": acc,
+                "nll": 1.0,
+                "ece": 0.1,
+                "example_grads": 1000 * (seed + 1),
+                "runtime_s": 10.0,
+                "reliability": bins,
+            }
+            (run / "results.json").write_text(json.dumps(results))
+    assert label.main([str(tmp_path), "large", "small", "absent"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2].startswith("| large | 1 (0) | 0.700 |")
+    # mean and sample std over the seeds; example-gradients averaged
+    assert out[3].startswith("| small | 2 (0,1) | 0.700 ± 0.141 |") and "| 1.5e+03 |" in out[3]
+    assert (tmp_path / "reliability.png").stat().st_size > 0
