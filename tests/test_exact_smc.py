@@ -75,7 +75,8 @@ def blr_run(name, seed):
 
 
 def run_blr(plan, seed, *, num_particles=2000, cfg=None, log_likelihood=blr_log_likelihood):
-    state = exact.init(jax.random.key(seed), jnp.full(D, PRIOR), num_particles, 0.1, plan)
+    move = cfg.move if cfg else None
+    state = exact.init(jax.random.key(seed), jnp.full(D, PRIOR), num_particles, 0.1, plan, move)
     records = []
     state, status, counts = exact.run(
         jax.random.key(100 + seed),
@@ -357,24 +358,11 @@ def test_chees_moves_keep_the_posterior_and_adapt_the_trajectory_length(name):
     T adapted between iterations by blackjax's ChEES update; the answers stay exact."""
     move = moves.MoveSettings(3, 2, True, 0.65, 1.0, "identity", 0.2, 5, chees=True, max_steps=10)
     plan = PLANS[name]
+    start = exact.init(jax.random.key(0), jnp.full(D, PRIOR), 2000, 0.1, plan, move)
+    assert float(start.chees.trajectory_length) == pytest.approx(0.3)  # S h
     for seed in range(2):
-        state = exact.init(jax.random.key(seed), jnp.full(D, PRIOR), 2000, 0.1, plan, move)
-        assert float(state.chees.trajectory_length) == pytest.approx(0.3)  # S h
-        records = []
-        state, status, _ = exact.run(
-            jax.random.key(100 + seed),
-            state,
-            jnp.asarray(X),
-            jnp.asarray(Y),
-            log_prior=blr_log_prior,
-            log_likelihood=blr_log_likelihood,
-            plan=plan,
-            config=exact.ExactConfig(move, 0.5, "systematic"),
-            bucket_sizes=exact.buckets(N, C),
-            num_particles=2000,
-            callback=lambda record, _, rec=records: rec.append(record),
-        )
-        assert status == "finished"
+        cfg = exact.ExactConfig(move, 0.5, "systematic")
+        state, records, _ = run_blr(plan, seed, cfg=cfg)
         mean, sd = weighted_moments(state)
         assert np.all(np.abs(mean - POST_MEAN) < 0.1 * POST_SD), (mean, POST_MEAN)
         assert np.all(np.abs(sd / POST_SD - 1) < 0.1), sd / POST_SD

@@ -99,7 +99,7 @@ class ExactState(NamedTuple):
     step_size: jax.Array  # float32: h of the next move, at the cloud's spread `spread`
     spread: jax.Array  # float32: sqrt(mean weighted variance) of the cloud the last move saw
     done: jax.Array  # bool: the path has ended (or max_iterations reached)
-    schedule: schedules.ScheduleState  # the signal schedule's state (unused by the others)
+    schedule: schedules.ScheduleState | None  # the signal schedule's state (None: no signal)
     chees: Any = None  # proposal=chees: blackjax's ChEES state (trajectory length T)
 
 
@@ -151,7 +151,9 @@ def init(
         step_size=jnp.asarray(step_size, jnp.float32),
         spread=cloud_spread(particles, jnp.zeros(num_particles, particles.dtype)),
         done=jnp.asarray(False),
-        schedule=schedules.init_state(_schedule_of(plan)),
+        schedule=None
+        if plan is None or plan.schedule is None
+        else schedules.init_state(plan.schedule),
         chees=proposals.init_tuning(_chees_proposal(move, step_size)).chees
         if move is not None and move.chees
         else None,
@@ -198,13 +200,6 @@ def chees_update(chees, last: moves.LastTransition, inverse_mass, h, move: moves
     )
     length = jnp.clip(new.trajectory_length, h, move.max_steps * h)
     return new._replace(step_size=jnp.asarray(h, jnp.float32), trajectory_length=length)
-
-
-def _schedule_of(plan: PathPlan | None) -> schedules.SchedulePlan:
-    """The plan's signal schedule, or a placeholder whose state the other paths carry along."""
-    if plan is not None and plan.schedule is not None:
-        return plan.schedule
-    return schedules.SchedulePlan("sda", num_data=1, num_iterations=1, batch_size=1, window=1)
 
 
 def cloud_spread(particles: jax.Array, log_weights: jax.Array) -> jax.Array:
@@ -380,7 +375,9 @@ def step(
         cap = jnp.where(m_base == 0, first, grow(m_base, plan.growth, n))
         m_next = cap
     elif signal:
-        if state.schedule.history.shape != schedules.init_state(plan.schedule).history.shape:
+        if state.schedule is None or (
+            state.schedule.history.shape != schedules.init_state(plan.schedule).history.shape
+        ):
             raise ValueError("a signal schedule's state comes from exact.init(..., plan=plan)")
         m_next = state.schedule.batch_size
         cap = m_next
@@ -803,5 +800,5 @@ def _host_view(state: ExactState) -> dict:
         "m_to": state.m_to,
         "lam": state.lam,
         "entry": state.entry,
-        "next_size": state.schedule.batch_size,
+        "next_size": None if state.schedule is None else state.schedule.batch_size,
     }
