@@ -46,6 +46,7 @@ class SMCSettings:
     path: str = "nested"  # nested | tempered (exact SMC) | minibatch (the paper's)
     num_mcmc_steps: int = 5  # Metropolis-adjusted moves per iteration (nested, tempered)
     final_sweeps: int | None = None  # nested, tempered: rounds of moves at the end, all kept
+    budget: int | None = None  # example-gradients of the whole run (null: none; see BUDGET)
 
 
 @dataclass
@@ -288,13 +289,28 @@ PATH_DEFAULTS = {
     "tempered": _EXACT_DEFAULTS,
 }
 
+# With `smc.budget` (example-gradients of the whole run) set, what the budget decides: on the
+# exact paths the number of final sweeps (the path runs to its end, then sweeps are added until
+# the budget is spent; smc.final_sweeps, 0 here, is then a minimum), on minibatch K (the
+# smallest K whose fixed schedule spends the budget, chosen once the data are loaded; None: left
+# null, and a K set anywhere is refused).
+BUDGET_DEFAULTS = {
+    "minibatch": {"smc.num_iterations": None},
+    "nested": {"smc.final_sweeps": 0},
+    "tempered": {"smc.final_sweeps": 0},
+}
+
 
 def resolve_path_defaults(cfg) -> None:
     """Fill every null key of PATH_DEFAULTS[smc.path] in place (an unknown path is left for
     `validate` to refuse). Values set anywhere (a yaml option, a preset, the command line) stay."""
     from omegaconf import OmegaConf, open_dict
 
-    defaults = PATH_DEFAULTS.get(OmegaConf.select(cfg, "smc.path"), {})
+    path = OmegaConf.select(cfg, "smc.path")
+    defaults = dict(PATH_DEFAULTS.get(path, {}))
+    if OmegaConf.select(cfg, "smc.budget") is not None:  # the budget decides (BUDGET_DEFAULTS)
+        defaults.update(BUDGET_DEFAULTS.get(path, {}))
+        defaults = {key: value for key, value in defaults.items() if value is not None}
     with open_dict(cfg):
         for key, value in defaults.items():
             if OmegaConf.select(cfg, key) is None:
@@ -404,7 +420,11 @@ def validate(cfg) -> None:
     smc = cfg.smc
     _check("smc.num_particles", smc.num_particles, smc.num_particles >= 2, "an integer >= 2")
     _check("smc.final_sweeps", smc.final_sweeps, smc.final_sweeps >= 0, "an integer >= 0")
-    _check("smc.num_iterations", smc.num_iterations, smc.num_iterations >= 1, "an integer >= 1")
+    if smc.budget is not None:
+        _check("smc.budget", smc.budget, smc.budget >= 1, "an integer >= 1 (example-gradients)")
+    if smc.num_iterations is not None or smc.budget is None or smc.path != "minibatch":
+        k = smc.num_iterations
+        _check("smc.num_iterations", k, k is not None and k >= 1, "an integer >= 1")
     t = smc.resample_threshold
     _check("smc.resample_threshold", t, 0 <= t <= 1, "in [0, 1]")
     _allowed("smc.resampler", smc.resampler, tuple(RESAMPLERS))

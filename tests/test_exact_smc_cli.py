@@ -140,3 +140,86 @@ def test_chees_on_the_exact_path_counts_its_jittered_steps(run_cli, tmp_path):
     grads = sum(8 * 50 * (r["leapfrog_steps"] + 1) * r["move_rounds"] for r in rows)
     forward = 8 * 50 * (results["n_bridge"] + 1)
     assert results["example_grads"] == grads + forward
+
+
+@pytest.mark.slow
+def test_budget_adds_final_sweeps_until_it_is_spent(run_cli, tmp_path):
+    base = [a for a in TINY if not a.startswith("smc.final_sweeps")]
+    base += ["smc.path=nested", "schedule=constant"]
+    out = tmp_path / "spent"
+    proc = run_cli(*base, "smc.budget=30000", f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    rows = read_jsonl(out / "metrics.jsonl")
+    sweeps = [r for r in rows if "sweep" in r]
+    path_grads = [r for r in rows if "sweep" not in r][-1]["example_grads"]
+    assert results["path_example_grads"] == path_grads < 30000
+    # the first sweep that reaches the budget is the last one
+    assert sweeps[-2]["example_grads"] < 30000 <= sweeps[-1]["example_grads"]
+    assert results["example_grads"] == sweeps[-1]["example_grads"]
+    assert results["final_sweeps"] == len(sweeps) >= 2
+    assert results["num_draws"] == 8 * (1 + len(sweeps))
+    assert results["budget"] == 30000 and results["budget_exceeded"] is False
+    # a budget the path alone exceeds: it still ends at its target, no sweeps, and says so
+    out = tmp_path / "exceeded"
+    proc = run_cli(*base, "smc.budget=100", f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["budget_exceeded"] is True and results["final_sweeps"] == 0
+    assert results["final_target"] == "posterior of the first 50 of 200 rows"
+    assert "smc.budget" in proc.stderr
+
+
+@pytest.mark.slow
+def test_budget_on_minibatch_chooses_the_smallest_k_that_spends_it(run_cli, tmp_path):
+    from bnn_bench.inference.smc import schedules
+
+    out = tmp_path / "run"
+    args = ["smc.path=minibatch", "schedule=ctr", "schedule.refine_at=0.5", "proposal.num_steps=2"]
+    proc = run_cli(
+        *args,
+        "smc.num_particles=4",
+        "smc.num_iterations=null",
+        "smc.budget=20000",
+        "dataset.n_train=200",
+        "schedule.batch_size=50",
+        "logger=none",
+        f"hydra.run.dir={out}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    k = results["iterations"]
+
+    def cost(k):  # J * M_k * (S + 1), summed
+        sizes = schedules.batch_sizes(
+            "ctr", num_data=200, num_iterations=k, batch_size=50, refine_at=0.5
+        )
+        return 4 * 3 * int(sizes.sum())
+
+    assert results["example_grads"] == cost(k) >= 20000 > cost(k - 1)
+    assert results["budget"] == 20000
+
+
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        (
+            ["smc.path=minibatch", "schedule=ctr", "smc.num_iterations=80", "smc.budget=1000"],
+            "smc.num_iterations=null",
+        ),
+        (
+            ["smc.path=minibatch", "smc.num_iterations=null", "smc.budget=1000"],
+            "schedule=automated",
+        ),
+        (
+            ["smc.path=minibatch", "schedule=ctr", "proposal=chees"]
+            + ["smc.num_iterations=null", "smc.budget=1000"],
+            "proposal=chees",
+        ),
+        (["smc.budget=0"], "smc.budget"),
+    ],
+)
+def test_budget_settings_are_checked(run_cli, tmp_path, args, key):
+    proc = run_cli(*args, "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode != 0
+    assert key in proc.stderr and "Traceback" not in proc.stderr

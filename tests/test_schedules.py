@@ -89,3 +89,16 @@ def test_compilations_do_not_grow_with_k(schedule):
     bound = int(np.ceil(np.log2(1000 / 100))) + 2
     assert short == long
     assert long <= bound
+
+
+@pytest.mark.parametrize("name", schedules.FIXED_SCHEDULES)
+@pytest.mark.parametrize("budget", [1, 999, 20_000, 123_457])
+def test_iterations_for_budget_is_the_smallest_k_that_spends_it(name, budget):
+    kw = {"num_data": 300, "batch_size": 40, "refine_at": 0.7, "slope": None}
+
+    def cost(k):
+        return 6 * int(schedules.batch_sizes(name, num_iterations=k, **kw).sum())
+
+    k = schedules.iterations_for_budget(name, budget, per_row=6, **kw)
+    brute = next(k for k in range(1, 10_000) if cost(k) >= budget)
+    assert k == brute

@@ -99,6 +99,7 @@ def run(job: Job) -> dict[str, Any]:
     results.update(
         schedule=plan.name,
         proposal=cfg.proposal.name,
+        budget=smc.budget,  # K was chosen to spend it (check_data)
         devices=len(run_state.smc.particles.sharding.device_set),  # where the particles ended up
     )
     if statistics:  # what the adaptive schedule or the tuned move did
@@ -128,7 +129,8 @@ def divergence_message(cfg: DictConfig) -> str:
 
 
 def check_data(cfg: DictConfig, data) -> None:
-    """C must fit the data; particles are split evenly across hardware.devices."""
+    """C must fit the data; particles are split evenly across hardware.devices. On minibatch,
+    smc.budget's K is chosen here, the first place that knows N (config.BUDGET_DEFAULTS)."""
     devices, j = cfg.hardware.devices, cfg.smc.num_particles
     if j % devices:
         raise ConfigError(
@@ -140,6 +142,10 @@ def check_data(cfg: DictConfig, data) -> None:
             f"schedule.batch_size={c} is not allowed; it must be between 1 and N={data.n_train} "
             f"(the training-set size of dataset={cfg.dataset.name})"
         )
+    if cfg.smc.path == "minibatch" and cfg.smc.budget is not None:
+        from bnn_bench.methods.smc_exact import minibatch_iterations
+
+        cfg.smc.num_iterations = minibatch_iterations(cfg, data.n_train)
 
 
 def report_row(results: dict[str, Any]) -> tuple[str, str]:

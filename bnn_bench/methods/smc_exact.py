@@ -21,6 +21,9 @@ SIGNAL_SCHEDULES = ("sda", "ctr_adaptive")  # the next subset from the moved clo
 # Fixed schedules under nested: K schedule entries plus the bridge steps the jumps need; the
 # allowance only guards against a run that never ends (tempered and automated: their only cap).
 BRIDGE_ALLOWANCE = 10_000
+# smc.budget's final sweeps stop here even if the budget is not spent: every sweep keeps its
+# cloud for the predictive, so this bounds the memory (J * D floats per sweep)
+MAX_BUDGET_SWEEPS = 1_000
 
 
 def validate(cfg: DictConfig) -> None:
@@ -40,6 +43,7 @@ def validate(cfg: DictConfig) -> None:
             f"smc.num_mcmc_steps={smc.num_mcmc_steps} is not allowed; it must be >= 1"
         )
     if smc.path == "minibatch":
+        check_minibatch_budget(cfg)
         if smc.final_sweeps:
             raise ConfigError(
                 f"smc.final_sweeps={smc.final_sweeps} is not available with smc.path=minibatch "
@@ -72,6 +76,53 @@ def validate(cfg: DictConfig) -> None:
             "schedule.signal=noise is not available with smc.path=nested (it measures the "
             "noise of a minibatch's weights; nested has none); use loglik or entropy"
         )
+
+
+def check_minibatch_budget(cfg: DictConfig) -> None:
+    """smc.budget on minibatch chooses K, which needs a schedule and a move of known cost."""
+    from bnn_bench.inference.smc import schedules
+
+    smc = cfg.smc
+    if smc.budget is None:
+        return
+    if smc.num_iterations is not None:
+        raise ConfigError(
+            f"smc.num_iterations={smc.num_iterations} and smc.budget={smc.budget} are both set: "
+            "with smc.path=minibatch the budget chooses K; pass smc.num_iterations=null"
+        )
+    if cfg.schedule.name not in schedules.FIXED_SCHEDULES:
+        raise ConfigError(
+            f"smc.budget is not available with schedule={cfg.schedule.name} and "
+            "smc.path=minibatch (its cost is known only as it runs); choose one of: "
+            f"{', '.join(schedules.FIXED_SCHEDULES)}, or set smc.num_iterations"
+        )
+    if cfg.proposal.name == "chees":
+        raise ConfigError(
+            "smc.budget is not available with proposal=chees and smc.path=minibatch (its "
+            "number of leapfrog steps is known only as it runs); use hmc or langevin, or set "
+            "smc.num_iterations"
+        )
+
+
+def minibatch_iterations(cfg: DictConfig, num_data: int) -> int:
+    """K for smc.budget on minibatch: the smallest fixed schedule that spends the budget (every
+    iteration costs J * M_k * (S + 1) example-gradients, S = 1 for langevin)."""
+    from bnn_bench.inference.smc import schedules
+
+    s = cfg.schedule
+    num_steps = 1 if cfg.proposal.name == "langevin" else cfg.proposal.num_steps
+    try:
+        return schedules.iterations_for_budget(
+            s.name,
+            cfg.smc.budget,
+            per_row=cfg.smc.num_particles * (num_steps + 1),
+            num_data=num_data,
+            batch_size=s.batch_size,
+            refine_at=s.refine_at,
+            slope=s.slope,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"smc.budget={cfg.smc.budget} is not allowed: {exc}") from None
 
 
 def path_plan(cfg: DictConfig, num_data: int):
@@ -229,6 +280,14 @@ def run(job) -> dict[str, Any]:
     from bnn_bench.methods.smc import divergence_message
 
     raise_if_stopped(status, run_counts["iterations"], job.out_dir, divergence_message(cfg))
+    path_grads = int(run_counts["example_grads"])  # the path's alone, before the sweeps
+    if smc.budget is not None and path_grads > smc.budget:
+        print(
+            f"[bnn-bench] warning: the path alone spent {path_grads:.3g} example-gradients, "
+            f"more than smc.budget={smc.budget:.3g} (it runs to its end to reach the posterior); "
+            "no final sweeps beyond smc.final_sweeps were added",
+            file=sys.stderr,
+        )
     particles, log_weights = final_sweeps(
         job, state, x, y, key_run, config, run_counts, last.get("time_s", elapsed)
     )
@@ -255,8 +314,11 @@ def run(job) -> dict[str, Any]:
         num_mcmc_steps=smc.num_mcmc_steps,
         num_particles=smc.num_particles,
         devices=len(state.particles.sharding.device_set),  # where the particles ended up
-        final_sweeps=smc.final_sweeps,
+        final_sweeps=int(particles.shape[0]) // smc.num_particles - 1,  # the sweeps run
         num_draws=int(particles.shape[0]),  # the predictive's: J per cloud, 1 + final_sweeps clouds
+        budget=smc.budget,
+        path_example_grads=path_grads,  # example_grads less the final sweeps'
+        budget_exceeded=None if smc.budget is None else path_grads > smc.budget,
         adapt_step_size=bool(cfg.proposal.adapt_step_size),
         mass=cfg.proposal.mass,
         step_size=float(state.step_size),
@@ -290,8 +352,13 @@ def final_sweeps(job, state, x, y, key_run, config, run_counts, elapsed):
     from bnn_bench.metrics import ess
 
     cfg, t0 = job.cfg, time.perf_counter()
-    num = cfg.smc.final_sweeps
-    if num == 0:
+    num, budget = cfg.smc.final_sweeps, cfg.smc.budget
+
+    def more(sweep: int) -> bool:  # smc.final_sweeps at least, then until the budget is spent
+        spent = budget is not None and run_counts["example_grads"] >= budget
+        return sweep < num or (budget is not None and not spent and sweep < MAX_BUDGET_SWEEPS)
+
+    if not more(0):
         return state.particles, state.log_weights
     end, end_counts = state, dict(run_counts)
     rows = int(state.m_to)
@@ -300,7 +367,8 @@ def final_sweeps(job, state, x, y, key_run, config, run_counts, elapsed):
     per_row = cfg.smc.num_particles * rows  # example-gradients per gradient of the cloud
     clouds = [state.particles]
     ess_end = float(ess(state.log_weights))
-    for sweep in range(num):
+    sweep = 0
+    while more(sweep):
         if job.should_stop():
             job.checkpoints.write(
                 end,
@@ -344,5 +412,6 @@ def final_sweeps(job, state, x, y, key_run, config, run_counts, elapsed):
             test = job.test_metrics(*pooled, False)
             record.update({f"test_{name}": v for name, v in test.items()})
         job.reporter.record(record)
+        sweep += 1
     particles = jnp.concatenate(clouds)
     return particles, jnp.tile(state.log_weights, len(clouds))

@@ -62,6 +62,32 @@ def batch_sizes(
     return sizes.astype(np.int64)
 
 
+def iterations_for_budget(
+    name: str, budget: int, *, per_row: int, max_iterations: int = 10**6, **schedule
+) -> int:
+    """The smallest K whose fixed schedule `name` spends at least `budget` example-gradients,
+    per_row * sum_k M_k (per_row = J * gradients per move); `schedule`: batch_sizes's keywords.
+
+    The cost of K iterations grows with K for every fixed schedule, so K is found by bisection.
+    """
+
+    def cost(k: int) -> int:
+        return per_row * int(batch_sizes(name, num_iterations=k, **schedule).sum())
+
+    lo, hi = 1, 1
+    while cost(hi) < budget:
+        if hi >= max_iterations:
+            raise ValueError(f"a budget of {budget} needs more than {max_iterations} iterations")
+        lo, hi = hi + 1, min(2 * hi, max_iterations)
+    while lo < hi:  # cost(hi) >= budget; cost(k) < budget for every k < lo
+        mid = (lo + hi) // 2
+        if cost(mid) >= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
+
+
 def buckets(num_data: int, batch_size: int) -> tuple[int, ...]:
     """Padded batch shapes: C, 2C, 4C, ... below N, then N."""
     sizes, b = [], min(batch_size, num_data)
