@@ -297,6 +297,60 @@ def test_mh_moves_leave_a_gaussian_invariant():
     assert abs(np.corrcoef(moved[:, 0], np.asarray(start)[:, 0])[0, 1]) < 0.2
 
 
+def test_the_unrolled_hmc_step_is_blackjaxs_kernel():
+    """moves.hmc_step (the CNN-on-CPU path) against blackjax's HMC kernel, same keys: the same
+    proposal, acceptance, divergence and next state, on a correlated Gaussian at step sizes
+    from mostly accepted to divergent."""
+    from blackjax.mcmc import hmc
+
+    cov = jnp.asarray([[1.0, 0.8, 0.0], [0.8, 1.0, 0.3], [0.0, 0.3, 0.5]])
+    precision = jnp.linalg.inv(cov)
+
+    def logdensity(theta):
+        return -0.5 * theta @ precision @ theta
+
+    kernel = hmc.build_kernel()
+    inverse_mass = jnp.asarray([1.0, 0.5, 2.0])
+    accepted = set()
+    for seed, h in [(0, 0.1), (1, 0.5), (2, 1.2), (3, 3.0), (4, 0.9), (5, 60.0)]:
+        key = jax.random.key(seed)
+        state = hmc.init(jax.random.normal(jax.random.fold_in(key, 7), (3,)), logdensity)
+        ref, info = kernel(key, state, logdensity, h, inverse_mass, 4)
+        new, p_accept, divergent, proposal = moves.hmc_step(
+            key, state, logdensity, h, inverse_mass, 4
+        )
+        for a, b in zip(new, ref, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(p_accept, info.acceptance_rate, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(proposal.position, info.proposal.position, rtol=1e-5)
+        np.testing.assert_allclose(proposal.momentum, info.proposal.momentum, rtol=1e-5)
+        assert bool(divergent) == bool(info.is_divergent)
+        accepted.add(bool(info.is_accepted))
+    assert accepted == {True, False}  # both branches of the accept step were compared
+
+
+def test_unrolled_moves_are_the_vmapped_blackjax_moves():
+    """mh_moves with particle_map=unroll (hmc_step, unrolled) and vmap (blackjax's kernel in a
+    scan) move every particle to the same place with the same keys."""
+    m, s = jnp.asarray([1.0, -2.0]), jnp.asarray([1.0, 0.5])
+
+    def logdensity(theta):
+        return -0.5 * jnp.sum(((theta - m) / s) ** 2)
+
+    settings = moves.MoveSettings(3, 4, False, 0.65, 1.0, "identity")
+    start = m + s * jax.random.normal(jax.random.key(0), (6, 2))
+    out = {
+        mapping: moves.mh_moves(
+            jax.random.key(1), start, logdensity, jnp.asarray(0.9), settings, particle_map=mapping
+        )
+        for mapping in ("vmap", "unroll")
+    }
+    np.testing.assert_allclose(out["unroll"][0], out["vmap"][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(out["unroll"][1][:3], out["vmap"][1][:3], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(out["unroll"][0], start)  # they moved
+
+
 def _small_prior_run(max_retries, seed, num_particles=8):
     """Tempered SMC on a 100-d Gaussian whose prior sd (0.05) is a tenth of the first step size:
     the regime of a network's fan-in prior, where the first moves accept nothing."""

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 
 from bnn_bench.inference.mapping import map_particles
 
+DIVERGENCE_THRESHOLD = 1000.0  # blackjax's hmc.build_kernel default (energy error)
+
 
 class MoveSettings(NamedTuple):
     """Static settings of the Metropolis-adjusted move (hashable; part of the jit cache key)."""
@@ -84,11 +86,14 @@ def mh_moves(
     # module's defaults before hardware.platform is applied
     from blackjax.mcmc import hmc
 
+    # particle_map="unroll" (convolutional models on CPU, where XLA's convolutions are several
+    # times slower inside a loop body or blackjax's kernel): `hmc_step`, blackjax's kernel with
+    # the S leapfrog steps unrolled, and the MH steps unrolled in the trace too
+    unroll = particle_map == "unroll" and num_steps is None
     kernel = hmc.build_kernel()
+    steps = settings.num_steps if num_steps is None else num_steps
     if inverse_mass is None:
         inverse_mass = jnp.ones(positions.shape[1], positions.dtype)
-
-    steps = settings.num_steps if num_steps is None else num_steps
 
     def one(args):
         key, theta = args
@@ -98,20 +103,30 @@ def mh_moves(
 
         def body(carry, k):
             st, _ = carry
-            new, info = kernel(k, st, logdensity_fn, step_size, inverse_mass, steps)
-            accept = jnp.nan_to_num(jnp.where(info.is_divergent, 0.0, info.acceptance_rate))
+            if unroll:
+                new, p_accept, divergent, proposal = hmc_step(
+                    k, st, logdensity_fn, step_size, inverse_mass, settings.num_steps
+                )
+            else:
+                new, info = kernel(k, st, logdensity_fn, step_size, inverse_mass, steps)
+                p_accept, divergent = info.acceptance_rate, info.is_divergent
+                proposal = info.proposal
+            accept = jnp.nan_to_num(jnp.where(divergent, 0.0, p_accept))
             last = LastTransition(
-                st.position,
-                info.proposal.position,
-                info.proposal.momentum,
-                accept,
-                info.is_divergent,
+                st.position, proposal.position, proposal.momentum, accept, divergent
             )
-            return (new, last if last_transition else carry[1]), (accept, info.is_divergent)
+            return (new, last if last_transition else carry[1]), (accept, divergent)
 
-        (state, last), (accept, divergent) = jax.lax.scan(
-            body, (state, last), jax.random.split(key, settings.num_mcmc_steps)
-        )
+        keys = jax.random.split(key, settings.num_mcmc_steps)
+        if unroll:
+            carry, per_step = (state, last), []
+            for k in keys:
+                carry, out = body(carry, k)
+                per_step.append(out)
+            (state, last) = carry
+            accept, divergent = (jnp.stack(a) for a in zip(*per_step, strict=True))
+        else:
+            (state, last), (accept, divergent) = jax.lax.scan(body, (state, last), keys)
         out = (state.position, jnp.mean(accept), jnp.sum(divergent), state.logdensity)
         return (*out, last) if last_transition else out
 
@@ -122,6 +137,37 @@ def mh_moves(
     moved, accept, divergent, logdensity = out[:4]
     info = MoveInfo(accept, divergent, logdensity, out[4] if last_transition else None)
     return moved, info
+
+
+def hmc_step(rng_key, state, logdensity_fn, step_size, inverse_mass, num_steps: int):
+    """One step of blackjax's HMC kernel (hmc.build_kernel()(rng_key, state, logdensity_fn,
+    step_size, inverse_mass, num_steps)) with its S leapfrog steps unrolled in the trace: the
+    same keys, momentum, velocity Verlet integrator, energy difference and accept draw, so the
+    same result (tests/test_exact_smc.py compares them), with no loop or conditional around
+    the network, where XLA's CPU convolutions are several times slower (docs/performance.md).
+    Returns (new HMCState, acceptance probability, divergent, proposal IntegratorState)."""
+    from blackjax.mcmc import hmc, integrators, metrics
+    from blackjax.mcmc.proposal import safe_energy_diff
+
+    metric = metrics.default_metric(inverse_mass)
+    one = integrators.velocity_verlet(logdensity_fn, metric.kinetic_energy)
+    key_momentum, key_accept = jax.random.split(rng_key, 2)
+    momentum = metric.sample_momentum(key_momentum, state.position)
+    start = integrators.IntegratorState(
+        state.position, momentum, state.logdensity, state.logdensity_grad
+    )
+    end = start
+    for _ in range(num_steps):
+        end = one(end, step_size)
+    end = end._replace(momentum=jax.tree.map(lambda m: -1.0 * m, end.momentum))  # flipped
+    energy = lambda st: -st.logdensity + metric.kinetic_energy(st.momentum)  # noqa: E731
+    delta = safe_energy_diff(energy(start), energy(end))
+    divergent = -delta > DIVERGENCE_THRESHOLD
+    p_accept = jnp.clip(jnp.exp(delta), max=1)
+    accept = jax.random.bernoulli(key_accept, p_accept)
+    proposed = hmc.HMCState(end.position, end.logdensity, end.logdensity_grad)
+    new = jax.tree.map(lambda a, b: jnp.where(accept, a, b), proposed, state)
+    return new, p_accept, divergent, end
 
 
 def gradient_evaluations(settings: MoveSettings, num_steps: int | None = None) -> int:
