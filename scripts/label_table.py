@@ -3,10 +3,11 @@
 ROOT holds one directory per label (any name, e.g. nested-small) with one run per seed below it
 (the finished jobs bnn-bench-report would list). Prints a markdown table of accuracy, NLL, ECE
 (mean +- sample std over seeds), example-gradients and runtime (mean), and for exact SMC the
-fewest distinct particles of any final cloud; then a row per seed. Writes ROOT/reliability.png:
-each label's reliability diagram, its seeds' bins pooled (plots.pool_bins). Used where one
-setting is compared at several budgets, which bnn-bench-report would group into one row
-(docs/results/exact-smc.md, FashionMNIST).
+fewest distinct particles of any final cloud; then a row per seed (for exact SMC with the
+path's example-gradients before the final sweeps, and how many sweeps it added). Writes
+ROOT/reliability.png: each label's reliability diagram, its seeds' bins pooled
+(plots.pool_bins). Used where one setting is compared at several budgets, which
+bnn-bench-report would group into one row (docs/results/exact-smc.md, FashionMNIST).
 """
 
 from __future__ import annotations
@@ -49,14 +50,24 @@ def table(groups: dict[str, list[dict]]) -> list[str]:
             f"| {label} | {len(runs)} ({seeds}) | {' | '.join(cells)} | {grads:.3g} | "
             f"{runtime:.0f} | {d} |"
         )
-    lines += ["", "| run | seed | accuracy | NLL | ECE | example-grads | runtime (s) |"]
-    lines.append("| --- | --- | --- | --- | --- | --- | --- |")
+    # exact SMC: what its path spent before the final sweeps, and how many sweeps it added
+    lines += [
+        "",
+        "| run | seed | accuracy | NLL | ECE | example-grads | of them the path's | final sweeps "
+        "| runtime (s) |",
+    ]
+    lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, runs in groups.items():
         for r in runs:
             values = " | ".join(f"{float(r[m]):.3f}" for m in METRICS)
+            path = r.get("path_example_grads")
+            path = "-" if path is None else f"{float(path):.3g}"
+            if r.get("budget_exceeded"):
+                path += " (over the budget)"
+            sweeps = r.get("final_sweeps", "-")
             lines.append(
                 f"| {label} | {r.get('seed')} | {values} | {float(r['example_grads']):.3g} | "
-                f"{float(r['runtime_s']):.0f} |"
+                f"{path} | {sweeps} | {float(r['runtime_s']):.0f} |"
             )
     return lines
 
