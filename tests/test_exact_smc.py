@@ -351,6 +351,35 @@ def test_unrolled_moves_are_the_vmapped_blackjax_moves():
     assert not np.allclose(out["unroll"][0], start)  # they moved
 
 
+def test_unrolled_moves_have_no_loop_or_conditional_in_their_graph():
+    """Under particle_map=unroll the network's gradients must not sit in a loop or a conditional
+    (XLA's CPU convolutions ran a CNN's moves 6x slower there: docs/performance.md)."""
+
+    def primitives(jaxpr):  # every primitive, inside nested jaxprs (pjit, custom_vjp) too
+        names = set()
+        for eqn in jaxpr.eqns:
+            names.add(eqn.primitive.name)
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, tuple | list) else (value,):
+                    sub = getattr(sub, "jaxpr", sub)
+                    if hasattr(sub, "eqns"):
+                        names |= primitives(sub)
+        return names
+
+    settings = moves.MoveSettings(3, 2, False, 0.65, 1.0, "identity")
+
+    def logdensity(theta):
+        return -0.5 * jnp.sum(theta**2)
+
+    def graph(mapping):
+        return jax.make_jaxpr(
+            lambda k, p: moves.mh_moves(k, p, logdensity, 0.1, settings, particle_map=mapping)
+        )(jax.random.key(0), jnp.ones((3, 2)))
+
+    assert not primitives(graph("unroll").jaxpr) & {"scan", "while", "cond"}
+    assert primitives(graph("vmap").jaxpr) & {"scan", "while"}  # blackjax's kernel: loops
+
+
 def _small_prior_run(max_retries, seed, num_particles=8):
     """Tempered SMC on a 100-d Gaussian whose prior sd (0.05) is a tenth of the first step size:
     the regime of a network's fan-in prior, where the first moves accept nothing."""
