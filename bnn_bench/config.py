@@ -450,6 +450,11 @@ def validate(cfg) -> None:
     p = cfg.proposal
     _allowed("proposal", p.name, PROPOSALS)
     _check("proposal.num_steps", p.num_steps, p.num_steps >= 1, "an integer >= 1")
+    if p.name == "langevin" and p.num_steps != 1:  # one rule, so every path reads num_steps
+        raise ConfigError(
+            f"proposal.num_steps={p.num_steps} is not allowed with proposal=langevin (one "
+            "leapfrog step from a fresh momentum); use 1, or proposal=hmc"
+        )
     _check("proposal.step_size", p.step_size, p.step_size > 0, "> 0")
     ta = p.target_accept
     _check("proposal.target_accept", ta, 0 < ta < 1, "in (0, 1)")

@@ -89,7 +89,15 @@ def test_every_group_option_exists_and_composes(composer):
 
 
 def test_langevin_is_one_step(composer):
+    from bnn_bench.errors import ConfigError
+
     assert composer("proposal=langevin").proposal.num_steps == 1
+    # every path (and smc.budget's cost) reads proposal.num_steps, so langevin can't be given more
+    for path in ("minibatch", "nested"):
+        with pytest.raises(
+            ConfigError, match="proposal.num_steps=5 is not allowed with proposal=langevin"
+        ):
+            validate(composer("proposal=langevin", "proposal.num_steps=5", f"smc.path={path}"))
 
 
 def test_experiment_presets_compose_and_validate(composer):

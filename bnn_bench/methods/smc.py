@@ -143,9 +143,53 @@ def check_data(cfg: DictConfig, data) -> None:
             f"(the training-set size of dataset={cfg.dataset.name})"
         )
     if cfg.smc.path == "minibatch" and cfg.smc.budget is not None:
-        from bnn_bench.methods.smc_exact import minibatch_iterations
-
         cfg.smc.num_iterations = minibatch_iterations(cfg, data.n_train)
+
+
+def check_minibatch_budget(cfg: DictConfig) -> None:
+    """smc.budget on minibatch chooses K, which needs a schedule and a move of known cost."""
+    from bnn_bench.inference.smc import schedules
+
+    smc = cfg.smc
+    if smc.budget is None:
+        return
+    if smc.num_iterations is not None:
+        raise ConfigError(
+            f"smc.num_iterations={smc.num_iterations} and smc.budget={smc.budget} are both set: "
+            "with smc.path=minibatch the budget chooses K; pass smc.num_iterations=null"
+        )
+    if cfg.schedule.name not in schedules.FIXED_SCHEDULES:
+        raise ConfigError(
+            f"smc.budget is not available with schedule={cfg.schedule.name} and "
+            "smc.path=minibatch (its cost is known only as it runs); choose one of: "
+            f"{', '.join(schedules.FIXED_SCHEDULES)}, or set smc.num_iterations"
+        )
+    if cfg.proposal.name == "chees":
+        raise ConfigError(
+            "smc.budget is not available with proposal=chees and smc.path=minibatch (its "
+            "number of leapfrog steps is known only as it runs); use hmc or langevin, or set "
+            "smc.num_iterations"
+        )
+
+
+def minibatch_iterations(cfg: DictConfig, num_data: int) -> int:
+    """K for smc.budget on minibatch: the smallest fixed schedule that spends the budget (every
+    iteration costs J * M_k * (S + 1) example-gradients, S = 1 for langevin)."""
+    from bnn_bench.inference.smc import schedules
+
+    s = cfg.schedule
+    try:
+        return schedules.iterations_for_budget(
+            s.name,
+            cfg.smc.budget,
+            per_row=cfg.smc.num_particles * (cfg.proposal.num_steps + 1),
+            num_data=num_data,
+            batch_size=s.batch_size,
+            refine_at=s.refine_at,
+            slope=s.slope,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"smc.budget={cfg.smc.budget} is not allowed: {exc}") from None
 
 
 def report_row(results: dict[str, Any]) -> tuple[str, str]:

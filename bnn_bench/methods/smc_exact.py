@@ -43,6 +43,8 @@ def validate(cfg: DictConfig) -> None:
             f"smc.num_mcmc_steps={smc.num_mcmc_steps} is not allowed; it must be >= 1"
         )
     if smc.path == "minibatch":
+        from bnn_bench.methods.smc import check_minibatch_budget
+
         check_minibatch_budget(cfg)
         if smc.final_sweeps:
             raise ConfigError(
@@ -76,53 +78,6 @@ def validate(cfg: DictConfig) -> None:
             "schedule.signal=noise is not available with smc.path=nested (it measures the "
             "noise of a minibatch's weights; nested has none); use loglik or entropy"
         )
-
-
-def check_minibatch_budget(cfg: DictConfig) -> None:
-    """smc.budget on minibatch chooses K, which needs a schedule and a move of known cost."""
-    from bnn_bench.inference.smc import schedules
-
-    smc = cfg.smc
-    if smc.budget is None:
-        return
-    if smc.num_iterations is not None:
-        raise ConfigError(
-            f"smc.num_iterations={smc.num_iterations} and smc.budget={smc.budget} are both set: "
-            "with smc.path=minibatch the budget chooses K; pass smc.num_iterations=null"
-        )
-    if cfg.schedule.name not in schedules.FIXED_SCHEDULES:
-        raise ConfigError(
-            f"smc.budget is not available with schedule={cfg.schedule.name} and "
-            "smc.path=minibatch (its cost is known only as it runs); choose one of: "
-            f"{', '.join(schedules.FIXED_SCHEDULES)}, or set smc.num_iterations"
-        )
-    if cfg.proposal.name == "chees":
-        raise ConfigError(
-            "smc.budget is not available with proposal=chees and smc.path=minibatch (its "
-            "number of leapfrog steps is known only as it runs); use hmc or langevin, or set "
-            "smc.num_iterations"
-        )
-
-
-def minibatch_iterations(cfg: DictConfig, num_data: int) -> int:
-    """K for smc.budget on minibatch: the smallest fixed schedule that spends the budget (every
-    iteration costs J * M_k * (S + 1) example-gradients, S = 1 for langevin)."""
-    from bnn_bench.inference.smc import schedules
-
-    s = cfg.schedule
-    num_steps = 1 if cfg.proposal.name == "langevin" else cfg.proposal.num_steps
-    try:
-        return schedules.iterations_for_budget(
-            s.name,
-            cfg.smc.budget,
-            per_row=cfg.smc.num_particles * (num_steps + 1),
-            num_data=num_data,
-            batch_size=s.batch_size,
-            refine_at=s.refine_at,
-            slope=s.slope,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"smc.budget={cfg.smc.budget} is not allowed: {exc}") from None
 
 
 def path_plan(cfg: DictConfig, num_data: int):
@@ -165,9 +120,8 @@ def exact_config(cfg: DictConfig, particle_map: str):
     from bnn_bench.inference.smc import exact, moves
 
     p = cfg.proposal
-    num_steps = 1 if p.name == "langevin" else p.num_steps  # langevin: MALA
     move = moves.MoveSettings(
-        num_steps=num_steps,
+        num_steps=p.num_steps,  # langevin: 1 (MALA; config.validate)
         num_mcmc_steps=cfg.smc.num_mcmc_steps,
         adapt_step_size=p.adapt_step_size,
         target_accept=p.target_accept,

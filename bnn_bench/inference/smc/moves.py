@@ -90,7 +90,7 @@ def mh_moves(
     # times slower inside a loop body or blackjax's kernel): `hmc_step`, blackjax's kernel with
     # the S leapfrog steps unrolled, and the MH steps unrolled in the trace too
     unroll = particle_map == "unroll" and num_steps is None
-    kernel = hmc.build_kernel()
+    kernel = None if unroll else hmc.build_kernel()
     steps = settings.num_steps if num_steps is None else num_steps
     if inverse_mass is None:
         inverse_mass = jnp.ones(positions.shape[1], positions.dtype)
