@@ -87,6 +87,28 @@ def test_members_are_independent_fits_and_reach_the_map(problem):
     np.testing.assert_allclose(preds, np.broadcast_to(exact["mean"], (3, 2)), atol=2e-3)
 
 
+def test_unrolled_members_and_steps_are_the_vmapped_scan(problem):
+    """particle_map=unroll (CNNs on CPU) must take exactly the steps of the vmapped scan: same
+    minibatch order (batch 16 of 64 rows), members apart, and chunks of UNROLL_STEPS that do not
+    divide the steps (13 = 5 + 5 + 3)."""
+    post, x, y, _, _ = problem
+    cfg = ens_config(num_members=3, batch_size=16, lr_schedule="cosine")
+    state0 = ensemble.init_from(post.sample_prior(jax.random.key(1), 3), cfg, 26)
+    run = dict(log_target=make_log_target(post, 64), config=cfg, total_steps=26, num=13)
+    key = jax.random.key(2)
+    scanned, info = ensemble.run_steps(key, state0, x, y, **run)
+    unrolled, info_u = ensemble.run_steps(key, state0, x, y, particle_map="unroll", **run)
+    assert ensemble.UNROLL_STEPS < 13 and 13 % ensemble.UNROLL_STEPS
+    np.testing.assert_allclose(np.asarray(unrolled.params), np.asarray(scanned.params), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(info_u.loss), np.asarray(info.loss), rtol=1e-5)
+    assert info_u.loss.shape == (13, 3) and int(unrolled.step) == 13
+    # a second epoch goes on from the state (its batches depend on the step count)
+    again, _ = ensemble.run_steps(key, unrolled, x, y, particle_map="unroll", **run)
+    twice, _ = ensemble.run_chunk(key, state0, x, y, **{**run, "num": 26})
+    np.testing.assert_allclose(np.asarray(again.params), np.asarray(twice.params), rtol=1e-5)
+    assert not np.allclose(np.asarray(again.params), np.asarray(unrolled.params))
+
+
 def test_minibatch_map_depends_on_the_prior(problem):
     """Without the prior term the fit is least squares, measurably off the MAP: the test above
     would fail if the ensemble dropped the weight decay."""

@@ -5,6 +5,11 @@ log p(y|x, theta) (the prior's log density is the weight decay) with optax Adam 
 learning-rate schedule, from its own prior draw and its own minibatch order. Members are
 vectorised (vmap over the leading axis, like SMC particles); the predictive weights them
 equally. Steps run as jitted `lax.scan` chunks; the host sees the members between chunks.
+
+particle_map="unroll" (convolutional models on CPU, `build.particle_map`): the members and the
+steps are unrolled in the trace instead, at most UNROLL_STEPS steps per jitted call, because
+XLA's CPU convolutions are several times slower vmapped over per-member kernels or inside a loop
+body (docs/performance.md has the measurement). Both give the same steps.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bnn_bench.inference.mapping import map_particles
 from bnn_bench.inference.minibatch import epoch_batch
 
 SCHEDULES = ("constant", "cosine")
+UNROLL_STEPS = 5  # particle_map=unroll: steps per jitted call (compile time grows with it)
 
 
 class EnsembleConfig(NamedTuple):
@@ -81,7 +88,7 @@ def init_from(params: jax.Array, config: EnsembleConfig, total_steps: int) -> En
     return EnsembleState(params, jax.vmap(opt.init)(params), jnp.zeros((), jnp.int32))
 
 
-@partial(jax.jit, static_argnames=("log_target", "config", "total_steps", "num"))
+@partial(jax.jit, static_argnames=("log_target", "config", "total_steps", "num", "particle_map"))
 def run_chunk(
     rng_key: jax.Array,
     state: EnsembleState,
@@ -92,8 +99,10 @@ def run_chunk(
     config: EnsembleConfig,
     total_steps: int,
     num: int,
+    particle_map: str = "vmap",
 ):
     """`num` Adam steps of every member; returns (state, EnsembleInfo stacked (num, M)).
+    "vmap": members vectorised, steps in a lax.scan; "unroll": both unrolled in the trace.
 
     Member m's minibatch order is epoch_batch(fold_in(rng_key, m), step, ...): a function of
     the step index only, so a run split into chunks (or resumed) takes the same steps.
@@ -107,16 +116,36 @@ def run_chunk(
     def loss(theta, idx):
         return -log_target(theta, x[idx], y[idx], mask, batch) / n
 
-    def member_step(key, theta, opt_state, step):
+    def member_step(args):
+        key, theta, opt_state, step = args
         idx = epoch_batch(key, step, n, batch)
         value, grad = jax.value_and_grad(loss)(theta, idx)
         updates, opt_state = opt.update(grad, opt_state, theta)
         return optax.apply_updates(theta, updates), opt_state, value
 
     def body(st, _):
-        params, opt_state, value = jax.vmap(member_step, in_axes=(0, 0, 0, None))(
-            member_keys, st.params, st.opt_state, st.step
-        )
+        steps = jnp.broadcast_to(st.step, (config.num_members,))
+        args = (member_keys, st.params, st.opt_state, steps)
+        params, opt_state, value = map_particles(member_step, args, particle_map=particle_map)
         return EnsembleState(params, opt_state, st.step + 1), EnsembleInfo(value)
 
+    if particle_map == "unroll":
+        infos = []
+        for _ in range(num):
+            state, info = body(state, None)
+            infos.append(info)
+        return state, jax.tree.map(lambda *a: jnp.stack(a), *infos)
     return jax.lax.scan(body, state, None, num)
+
+
+def run_steps(rng_key, state, x, y, *, num: int, particle_map: str = "vmap", **static):
+    """`num` steps (run_chunk's arguments): one jitted call, or under "unroll" calls of at most
+    UNROLL_STEPS steps (two compiled sizes at most), dispatched without waiting for the device."""
+    if particle_map != "unroll":
+        return run_chunk(rng_key, state, x, y, num=num, **static)
+    infos = []
+    for start in range(0, num, UNROLL_STEPS):
+        k = min(UNROLL_STEPS, num - start)
+        state, info = run_chunk(rng_key, state, x, y, num=k, particle_map="unroll", **static)
+        infos.append(info)
+    return state, jax.tree.map(lambda *a: jnp.concatenate(a), *infos)

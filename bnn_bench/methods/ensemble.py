@@ -44,7 +44,7 @@ def run(job: Job) -> dict[str, Any]:
     per_epoch = total // config.num_epochs
 
     def dispatch(st):  # one epoch: a jitted scan over its minibatch steps
-        return ensemble.run_chunk(
+        return ensemble.run_steps(
             key_run,
             st,
             x,
@@ -53,6 +53,7 @@ def run(job: Job) -> dict[str, Any]:
             config=config,
             total_steps=total,
             num=per_epoch,
+            particle_map=build.particle_map(cfg),
         )
 
     done = {"iter": start}
