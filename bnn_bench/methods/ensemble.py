@@ -43,7 +43,7 @@ def run(job: Job) -> dict[str, Any]:
 
     per_epoch = total // config.num_epochs
 
-    def dispatch(st):  # one epoch: a jitted scan over its minibatch steps
+    def dispatch(st):  # one epoch of minibatch steps, jitted (ensemble.run_steps)
         return ensemble.run_steps(
             key_run,
             st,
