@@ -17,6 +17,11 @@ from bnn_bench import metrics, uncertainty
 from bnn_bench.inference.mapping import map_particles
 from bnn_bench.posterior import Posterior
 
+# Draws per jitted evaluation call (host-side groups; the last group may be smaller). Unrolled
+# draws (CNNs on CPU) are each traced into the graph, so their group is small: compile time and
+# memory grow with it; vmapped draws share one trace.
+DRAWS_PER_CALL = {"unroll": 16, "vmap": 256}
+
 
 @partial(jax.jit, static_argnames=("apply", "categorical", "particle_chunk", "particle_map"))
 def _chunk_outputs(
@@ -38,20 +43,28 @@ def particle_outputs(
     particle_chunk: int | None = None,
     particle_map: str = "vmap",
 ):
-    """Per-particle log-probs (J, n, K) or regression means (J, n) over x, in data chunks."""
+    """Per-particle log-probs (J, n, K) or regression means (J, n) over x, in data chunks of
+    `eval_chunk` rows and, from the host, groups of at most DRAWS_PER_CALL[particle_map] draws
+    per jitted call: a pooled cloud (smc.budget's final sweeps, SG-MCMC's or NUTS's draws) can
+    hold far more draws than the run's particles, and one call over all of them held every draw's
+    activations at once (560 CNN draws on 2,000 images asked for 28 GB)."""
     categorical = posterior.likelihood == "categorical"
-    outs = [
-        _chunk_outputs(
-            posterior.apply,
-            particles,
-            jnp.asarray(x[i : i + eval_chunk]),
-            categorical=categorical,
-            particle_chunk=particle_chunk,
-            particle_map=particle_map,
-        )
-        for i in range(0, len(x), eval_chunk)
-    ]
-    return jnp.concatenate(outs, axis=1)
+    group = DRAWS_PER_CALL[particle_map]
+    rows = []
+    for j in range(0, particles.shape[0], group):
+        outs = [
+            _chunk_outputs(
+                posterior.apply,
+                particles[j : j + group],
+                jnp.asarray(x[i : i + eval_chunk]),
+                categorical=categorical,
+                particle_chunk=particle_chunk,
+                particle_map=particle_map,
+            )
+            for i in range(0, len(x), eval_chunk)
+        ]
+        rows.append(jnp.concatenate(outs, axis=1))
+    return rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=0)
 
 
 def evaluate(

@@ -179,3 +179,38 @@ def test_regression_metrics_small_by_hand_and_dropped_particles():
     # Example 1: |y - mu| = 1 for both particles; example 2: |y - mu| = 1 for both. So the
     # mixture density is N(1; 0, 0.25) for each and nll = 0.5 log(2 pi 0.25) + 0.5 * 4.
     assert m["nll"] == pytest.approx(0.5 * np.log(2 * np.pi * 0.25) + 2.0, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+@pytest.mark.parametrize("particle_map", ["vmap", "unroll"])
+def test_many_draws_are_evaluated_in_groups_with_the_same_outputs(monkeypatch, particle_map):
+    """A pooled cloud (final sweeps, SG-MCMC draws) is evaluated a group of draws per jitted
+    call, so its memory does not grow with the number of draws; the outputs are each draw's."""
+    from bnn_bench import evaluate
+    from bnn_bench.models import MLP
+    from bnn_bench.posterior import make_posterior
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 3)).astype(np.float32)
+    post = make_posterior(MLP((4,), 3), jnp.asarray(x), likelihood="categorical", prior_std=1.0)
+    draws = post.sample_prior(jax.random.key(0), 11)
+    one_by_one = np.stack(
+        [
+            np.asarray(jax.nn.log_softmax(post.apply(d, jnp.asarray(x[:12]))))
+            for d in np.asarray(draws)
+        ]
+    )
+    shapes = []
+    real = evaluate._chunk_outputs
+    monkeypatch.setattr(
+        evaluate,
+        "_chunk_outputs",
+        lambda apply, p, *a, **k: shapes.append(p.shape[0]) or real(apply, p, *a, **k),
+    )
+    monkeypatch.setitem(evaluate.DRAWS_PER_CALL, particle_map, 4)
+    out = evaluate.particle_outputs(post, draws, x[:12], eval_chunk=5, particle_map=particle_map)
+    assert out.shape == (11, 12, 3)
+    np.testing.assert_allclose(np.asarray(out), one_by_one, rtol=1e-5, atol=1e-6)
+    assert max(shapes) == 4 and sum(shapes) == 11 * 3  # 3 groups (4, 4, 3) x 3 row chunks
