@@ -6,17 +6,27 @@ when its backend starts, and importing blackjax already starts it (it jit-compil
 composed and before anything imports inference code, and again (a no-op with the same settings)
 in each job, which covers launchers that run jobs in other processes. A platform that is not
 there is a one-line ConfigError (exit 2), never a silent fall-back to the CPU.
+
+XLA's CPU scheduler (`hardware.cpu_scheduler`, resolved by build.cpu_scheduler) is an XLA flag,
+read from XLA_FLAGS when the backend starts, so it is set here too; it changes memory and speed,
+never results, so a later job in the same process runs with the first job's (results.json says
+which: `cpu_scheduler`). XLA's default, concurrency, runs independent work side by side: the
+unrolled particles of a convolutional model then all keep their activations alive at once
+(docs/performance.md, "Memory").
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from bnn_bench.errors import ConfigError
 
 JAX_PLATFORM = {"gpu": "cuda"}  # hardware.platform -> jax_platforms
+CPU_SCHEDULERS = ("memory", "concurrency")
+CPU_SCHEDULER_FLAG = "xla_cpu_enable_concurrency_optimized_scheduler"
 
 
 class BackendSettings(NamedTuple):
@@ -30,6 +40,7 @@ class BackendSettings(NamedTuple):
 
 
 _applied: BackendSettings | None = None
+_cpu_scheduler: str | None = None  # what this process's XLA runs with (cpu_scheduler_in_effect)
 
 
 def settings(hardware) -> BackendSettings:
@@ -52,11 +63,17 @@ def backend_started() -> bool:
     return bool(xla_bridge._backends)
 
 
-def configure_backend(hardware) -> BackendSettings:
-    """Apply `hardware:`'s platform, dtype, compilation cache and distributed set-up to this
+def configure_backend(hardware, cpu_scheduler: str = "concurrency") -> BackendSettings:
+    """Apply `hardware:`'s platform, dtype, compilation cache and distributed set-up, and XLA's
+    CPU scheduler (`cpu_scheduler`: memory | concurrency, auto already resolved), to this
     process's JAX backend, then start it; a second call must ask for the same settings."""
     global _applied
     wanted = settings(hardware)
+    if cpu_scheduler not in CPU_SCHEDULERS:
+        raise ConfigError(
+            f"hardware.cpu_scheduler={cpu_scheduler} is not allowed; use one of auto, "
+            + ", ".join(CPU_SCHEDULERS)
+        )
     if _applied is not None:
         if wanted != _applied:
             changed = [k for k in wanted._fields if getattr(wanted, k) != getattr(_applied, k)]
@@ -78,6 +95,7 @@ def configure_backend(hardware) -> BackendSettings:
                 f"{active} in this process and cannot change platform or start distributed"
             )
     else:
+        _set_cpu_scheduler(cpu_scheduler)
         jax.config.update("jax_platforms", wanted.platform)
     jax.config.update("jax_enable_x64", wanted.x64)
     if wanted.compilation_cache:
@@ -99,6 +117,25 @@ def configure_backend(hardware) -> BackendSettings:
         raise ConfigError(f"hardware.platform={hardware.platform}: JAX found no device")
     _applied = wanted
     return wanted
+
+
+def _set_cpu_scheduler(choice: str) -> None:
+    """Put XLA's CPU scheduler flag in XLA_FLAGS (read when the backend starts), unless the user's
+    XLA_FLAGS already choose a scheduler: theirs is kept."""
+    global _cpu_scheduler
+    flags = os.environ.get("XLA_FLAGS", "")
+    if CPU_SCHEDULER_FLAG in flags or "xla_cpu_scheduler_type" in flags:
+        _cpu_scheduler = "XLA_FLAGS"
+        return
+    value = "false" if choice == "memory" else "true"
+    os.environ["XLA_FLAGS"] = f"{flags} --{CPU_SCHEDULER_FLAG}={value}".strip()
+    _cpu_scheduler = choice
+
+
+def cpu_scheduler_in_effect() -> str | None:
+    """memory | concurrency as bnn-bench set it, "XLA_FLAGS" where the user's flags chose, None
+    where JAX had started before bnn-bench could set it (XLA's default, or the caller's flags)."""
+    return _cpu_scheduler
 
 
 def _initialize_distributed(s: BackendSettings) -> None:

@@ -82,6 +82,16 @@ def particle_map(cfg: DictConfig) -> str:
     return "unroll" if conv_on_cpu else "vmap"
 
 
+def cpu_scheduler(cfg: DictConfig) -> str:
+    """hardware.cpu_scheduler, with auto resolved: memory where the particles are unrolled
+    (particle_map resolves to unroll: XLA's concurrency scheduler keeps every unrolled particle's
+    activations alive at once), else concurrency, XLA's default (docs/performance.md)."""
+    choice = cfg.hardware.cpu_scheduler
+    if choice != "auto":
+        return choice
+    return "memory" if particle_map(cfg) == "unroll" else "concurrency"
+
+
 def evaluator(cfg: DictConfig, data, posterior, reference=None):
     """test_metrics(particles, log_weights, reliability=False): the test-set metrics of a
     weighted particle set, streamed as hardware.* says (every method uses it), with agreement

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
 
+from bnn_bench.backend import CPU_SCHEDULERS
 from bnn_bench.errors import ConfigError
 from bnn_bench.inference.ensemble import EnsembleConfig
 from bnn_bench.inference.hmc import HMCConfig
@@ -191,6 +192,9 @@ class HardwareConfig:
     dtype: str = "float32"
     particle_chunk: int | None = None
     particle_map: str = "auto"
+    # XLA's CPU scheduler for this process: memory | concurrency; auto: memory where the
+    # particles are unrolled (particle_map resolves to unroll), else concurrency (XLA's default)
+    cpu_scheduler: str = "auto"
     data_chunk: int | None = None
     eval_chunk: int = 2000
     devices: int = 1
@@ -498,6 +502,7 @@ def validate(cfg) -> None:
         if count is not None:
             _check(f"hardware.{key}", count, count >= 1, "an integer >= 1 (or null for all)")
     _allowed("hardware.particle_map", h.particle_map, ("auto", "vmap", "unroll"))
+    _allowed("hardware.cpu_scheduler", h.cpu_scheduler, ("auto", *CPU_SCHEDULERS))
     _check("hardware.eval_chunk", h.eval_chunk, h.eval_chunk >= 1, "an integer >= 1")
     _check("hardware.devices", h.devices, h.devices >= 1, "an integer >= 1")
     for key in ("coordinator_address", "num_processes", "process_id"):

@@ -14,15 +14,15 @@ from pathlib import Path
 from bnn_bench.errors import ConfigError
 
 
-def configure(hardware, *, job_num: int) -> list[int] | None:
-    """Cores, then the JAX backend (platform, dtype, compilation cache, multi-host: a no-op when
-    preflight already set it up in this process, bnn_bench.backend), then the device count;
-    returns the pinned cores, if any."""
+def configure(hardware, *, job_num: int, cpu_scheduler: str = "concurrency") -> list[int] | None:
+    """Cores, then the JAX backend (platform, dtype, compilation cache, multi-host, XLA's CPU
+    scheduler: a no-op when preflight already set it up in this process, bnn_bench.backend),
+    then the device count; returns the pinned cores, if any."""
     from bnn_bench.backend import configure_backend
 
     h = hardware
     cores = pin_cores(h.cores_per_job, job_num) if h.cores_per_job else None
-    configure_backend(h)
+    configure_backend(h, cpu_scheduler)
     check_devices(h.devices)
     return cores
 

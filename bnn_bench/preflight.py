@@ -134,7 +134,7 @@ def _backend_before_anything(cfg, hydra_cfg, multirun: bool, first):
     """Set up this process's JAX backend from the first job's hardware: before validate imports
     inference code (blackjax starts the backend at import). Jobs that a launcher runs in other
     processes set up their own; this process then only validates, on the CPU."""
-    from bnn_bench import backend
+    from bnn_bench import backend, build
 
     same_process = not multirun or str(hydra_cfg.launcher.get("_target_", "")).endswith(
         "BasicLauncher"
@@ -146,7 +146,7 @@ def _backend_before_anything(cfg, hydra_cfg, multirun: bool, first):
             jax.config.update("jax_platforms", "cpu")
         return first
     if first is None:
-        return backend.configure_backend(cfg.hardware)
+        return backend.configure_backend(cfg.hardware, build.cpu_scheduler(cfg))
     if backend.settings(cfg.hardware) != first:  # one process cannot run two backends
         backend.configure_backend(cfg.hardware)  # raises, naming the key that differs
     return first

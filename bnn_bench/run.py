@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from bnn_bench import build, hardware, rundir
+from bnn_bench.backend import cpu_scheduler_in_effect
 from bnn_bench.checkpoint import Checkpoints
 from bnn_bench.config import validate
 from bnn_bench.lifecycle import STOP, one_line, results_ready, status_of, stop_on_signals
@@ -41,7 +42,9 @@ def _run_job(cfg: DictConfig, hc) -> dict[str, Any]:
     multirun = hc.mode.name == "MULTIRUN"
     validate(cfg)
     method = METHODS[cfg.method.name]
-    cores = hardware.configure(cfg.hardware, job_num=hc.job.num if multirun else 0)
+    cores = hardware.configure(
+        cfg.hardware, job_num=hc.job.num if multirun else 0, cpu_scheduler=build.cpu_scheduler(cfg)
+    )
     out_dir = rundir.output_dir(Path(hc.runtime.output_dir))
     config = OmegaConf.to_container(cfg, resolve=True)
     checkpoints = Checkpoints(out_dir / "checkpoint.npz", config, cfg.checkpoint_every)
@@ -73,6 +76,7 @@ def _run_job(cfg: DictConfig, hc) -> dict[str, Any]:
         "num_classes": data.num_classes,  # 0 for regression (the report's chance level)
         "standardization": data.standardization,
         **({"cores": cores} if cores else {}),
+        "cpu_scheduler": cpu_scheduler_in_effect(),
         **hardware.process_fields(cfg.hardware),
     }
     wandb_run = WandbRun(

@@ -192,6 +192,7 @@ def composed():
         ("smc.num_particles=99999999999", "smc.num_particles=99999999999 is not allowed"),
         ("dataset.num_classes=1", "dataset.num_classes=1 is not allowed"),
         ("dataset.n_test=0", "dataset.n_test=0 is not allowed"),
+        ("hardware.cpu_scheduler=fast", "hardware.cpu_scheduler=fast is not allowed"),
     ],
 )
 def test_bad_config_values_name_the_key(composed, override, match):

@@ -159,6 +159,16 @@ def test_particle_map_auto_unrolls_convolutions_on_cpu_only(composer):
     assert particle_map(composer("model=cnn", "hardware.particle_map=vmap")) == "vmap"
 
 
+def test_cpu_scheduler_auto_is_memory_where_particles_are_unrolled(composer):
+    from bnn_bench.build import cpu_scheduler
+
+    assert cpu_scheduler(composer()) == "concurrency"
+    assert cpu_scheduler(composer("model=cnn")) == "memory"
+    assert cpu_scheduler(composer("model=cnn", "hardware.particle_map=vmap")) == "concurrency"
+    assert cpu_scheduler(composer("model=cnn", "hardware=gpu")) == "concurrency"
+    assert cpu_scheduler(composer("hardware.cpu_scheduler=memory")) == "memory"
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -297,6 +297,53 @@ def test_the_backend_starts_after_the_settings_not_before():
     assert proc.stdout.startswith("ConfigError hardware.x64=False is not allowed here")
 
 
+UNROLLED_GRADS = (
+    "import jax, jax.numpy as jnp\n"
+    "def loss(w, x):\n"
+    "    h = jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME',"
+    " dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
+    "    return jnp.sum(jnp.tanh(h) ** 2)\n"
+    "def grads(ws, x):\n"
+    "    return jnp.stack([jax.grad(loss)(ws[j], x) for j in range(8)])\n"
+    "ws, x = jnp.ones((8, 3, 3, 1, 32)), jnp.ones((500, 28, 28, 1))\n"
+    "c = jax.jit(grads).lower(ws, x).compile()\n"
+    "print(backend.cpu_scheduler_in_effect(), c.memory_analysis().temp_size_in_bytes)\n"
+)
+
+
+def test_the_memory_scheduler_reaches_xla_and_bounds_unrolled_particles():
+    """hardware.cpu_scheduler is set before the backend starts, so XLA compiles with it: eight
+    unrolled per-particle gradients of a convolution need a fraction of the scratch memory that
+    the concurrency scheduler gives them (it runs them side by side, each with its activations).
+    A scheduler the user's XLA_FLAGS chose is kept."""
+
+    def compiled(scheduler, env=None):
+        code = (
+            "from bnn_bench import backend\n"
+            "from omegaconf import OmegaConf\n"
+            "h = OmegaConf.create({'platform': 'cpu', 'dtype': 'float32',"
+            " 'compilation_cache': None, 'distributed': False})\n"
+            f"backend.configure_backend(h, {scheduler!r})\n" + UNROLLED_GRADS
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "XLA_FLAGS": "", **(env or {})},
+        )
+        assert proc.returncode == 0, proc.stderr
+        name, temp = proc.stdout.split()
+        return name, int(temp)
+
+    memory, concurrency = compiled("memory"), compiled("concurrency")
+    assert (memory[0], concurrency[0]) == ("memory", "concurrency")
+    assert memory[1] < 0.5 * concurrency[1], (memory, concurrency)
+    flag = {"XLA_FLAGS": "--xla_cpu_enable_concurrency_optimized_scheduler=true"}
+    assert compiled("memory", flag) == ("XLA_FLAGS", concurrency[1])
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("localhost", 0))
