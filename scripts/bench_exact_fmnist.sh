@@ -4,6 +4,7 @@
 # 500 training images (the first 2,000 test images), at two example-gradient budgets, per seed,
 # one run at a time:
 #   OUT=outputs/bench_exact_fmnist SEEDS="0 1 2" BUDGETS="small large" scripts/bench_exact_fmnist.sh
+# (BUDGETS="xlarge": 3x the large budget with its moves.)
 # A budget is a stopping rule (smc.budget): the exact paths run to the posterior, then add final
 # sweeps until the run has spent the budget; the paper's formulation gets the K that spends it.
 # Baselines: one MAP fit, and a deep ensemble of 8 MAP fits (J = 8, about the small budget).
@@ -18,8 +19,9 @@ DATA="dataset.n_train=500 dataset.n_test=2000 logger=none progress=false"
 CNN="dataset=fashion_mnist model=cnn prior.std=1.0 prior.scale=fan_in"
 EXACT="smc.num_particles=8 proposal.step_size=0.01"
 declare -A MOVES=([small]="smc.num_mcmc_steps=1 proposal.num_steps=3"
-                  [large]="smc.num_mcmc_steps=2 proposal.num_steps=5")
-declare -A BUDGET=([small]=400000 [large]=1200000)
+                  [large]="smc.num_mcmc_steps=2 proposal.num_steps=5"
+                  [xlarge]="smc.num_mcmc_steps=2 proposal.num_steps=5")
+declare -A BUDGET=([small]=400000 [large]=1200000 [xlarge]=3600000)
 run() {  # run DIR ARGS...: one job, its summary line (a finished one is kept: rerun to resume)
   local dir=$1
   shift
@@ -41,5 +43,8 @@ for seed in $SEEDS; do
       smc.num_iterations=null smc.budget=${BUDGET[$budget]}
   done
 done
-.venv/bin/python scripts/label_table.py "$OUT" map ensemble8 nested-small tempered-small paper-small \
-  nested-large tempered-large paper-large | tee "$OUT/table.md"
+labels=(map ensemble8)
+for budget in $BUDGETS; do
+  labels+=("nested-$budget" "tempered-$budget" "paper-$budget")
+done
+.venv/bin/python scripts/label_table.py "$OUT" "${labels[@]}" | tee "$OUT/table.md"
