@@ -63,13 +63,14 @@ def backend_started() -> bool:
     return bool(xla_bridge._backends)
 
 
-def configure_backend(hardware, cpu_scheduler: str = "concurrency") -> BackendSettings:
+def configure_backend(hardware, cpu_scheduler: str | None = None) -> BackendSettings:
     """Apply `hardware:`'s platform, dtype, compilation cache and distributed set-up, and XLA's
-    CPU scheduler (`cpu_scheduler`: memory | concurrency, auto already resolved), to this
-    process's JAX backend, then start it; a second call must ask for the same settings."""
+    CPU scheduler (`cpu_scheduler`: memory | concurrency, auto already resolved; None leaves
+    XLA's flags alone), to this process's JAX backend, then start it; a second call must ask for
+    the same settings."""
     global _applied
     wanted = settings(hardware)
-    if cpu_scheduler not in CPU_SCHEDULERS:
+    if cpu_scheduler is not None and cpu_scheduler not in CPU_SCHEDULERS:
         raise ConfigError(
             f"hardware.cpu_scheduler={cpu_scheduler} is not allowed; use one of auto, "
             + ", ".join(CPU_SCHEDULERS)
@@ -95,7 +96,8 @@ def configure_backend(hardware, cpu_scheduler: str = "concurrency") -> BackendSe
                 f"{active} in this process and cannot change platform or start distributed"
             )
     else:
-        _set_cpu_scheduler(cpu_scheduler)
+        if cpu_scheduler is not None:
+            _set_cpu_scheduler(cpu_scheduler)
         jax.config.update("jax_platforms", wanted.platform)
     jax.config.update("jax_enable_x64", wanted.x64)
     if wanted.compilation_cache:
@@ -134,7 +136,8 @@ def _set_cpu_scheduler(choice: str) -> None:
 
 def cpu_scheduler_in_effect() -> str | None:
     """memory | concurrency as bnn-bench set it, "XLA_FLAGS" where the user's flags chose, None
-    where JAX had started before bnn-bench could set it (XLA's default, or the caller's flags)."""
+    where bnn-bench set none (JAX had started before it could, or none was asked for): XLA's
+    default, or the caller's flags."""
     return _cpu_scheduler
 
 

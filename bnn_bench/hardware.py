@@ -14,7 +14,7 @@ from pathlib import Path
 from bnn_bench.errors import ConfigError
 
 
-def configure(hardware, *, job_num: int, cpu_scheduler: str = "concurrency") -> list[int] | None:
+def configure(hardware, *, job_num: int, cpu_scheduler: str | None = None) -> list[int] | None:
     """Cores, then the JAX backend (platform, dtype, compilation cache, multi-host, XLA's CPU
     scheduler: a no-op when preflight already set it up in this process, bnn_bench.backend),
     then the device count; returns the pinned cores, if any."""
