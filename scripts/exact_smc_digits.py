@@ -29,7 +29,7 @@ from bnn_bench.config import register_configs
 from bnn_bench.evaluate import particle_outputs
 from bnn_bench.inference.smc import exact, moves, schedules
 
-REFERENCE = "/work/coord/reference/digits_mlp.npz"
+REFERENCE = "bnn_bench/references/digits_mlp.npz"  # the shipped NUTS reference
 
 
 def main() -> None:

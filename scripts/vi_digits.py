@@ -1,7 +1,7 @@
 """VI on a configured data set against a reference predictive: accuracy, NLL, ECE, total variation.
 
 Usage (from the repo root):
-    python scripts/vi_digits.py --seeds 0 1 2 3 4 --reference /work/coord/reference/digits_mlp.npz \
+    python scripts/vi_digits.py --seeds 0 1 2 3 4 --reference bnn_bench/references/digits_mlp.npz \
         -- vi.algorithm=score_prox -- vi.algorithm=advi vi.learning_rate=0.01
 
 Every group after a `--` is one set of Hydra overrides of the composed config (several groups
