@@ -22,14 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 from hydra import compose, initialize_config_dir
 
-from bnn_bench import metrics
+from bnn_bench import metrics, reference
 from bnn_bench.build import load_data
 from bnn_bench.build import posterior as build_posterior
 from bnn_bench.config import register_configs
 from bnn_bench.evaluate import particle_outputs
 from bnn_bench.inference.smc import exact, moves, schedules
 
-REFERENCE = "bnn_bench/references/digits_mlp.npz"  # the shipped NUTS reference
+REFERENCE = "digits_mlp"  # a path, or the name of a shipped reference (bnn_bench.reference)
 
 
 def main() -> None:
@@ -133,16 +133,14 @@ def main() -> None:
         m: sum(r["batch_size"] == m for r in records) for m in sorted(spent)
     }
     if a.reference:
-        ref = np.load(a.reference)["probs"]
+        ref_file = np.load(reference.resolve(a.reference))
+        ref = ref_file["probs"]
         out["tv"] = float(np.mean(0.5 * np.abs(probs - ref).sum(1)))
         out["agreement"] = float(np.mean(probs.argmax(1) == ref.argmax(1)))
-        out["ref_example_grads"] = int(
-            json.loads(str(np.load(a.reference)["diagnostics"]))["example_grads"]
-        )
+        out["ref_example_grads"] = int(json.loads(str(ref_file["diagnostics"]))["example_grads"])
     if a.final_sweeps and a.reference:
         # exact.final_sweep, as smc.final_sweeps runs it; TV of the predictive averaged over the
         # clouds so far, and of the last cloud alone, after every sweep
-        ref = np.load(a.reference)["probs"]
         total, curve, st = probs * 1.0, {}, state
         t1 = time.perf_counter()
         for s_i in range(a.final_sweeps):

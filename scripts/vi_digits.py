@@ -1,7 +1,7 @@
 """VI on a configured data set against a reference predictive: accuracy, NLL, ECE, total variation.
 
 Usage (from the repo root):
-    python scripts/vi_digits.py --seeds 0 1 2 3 4 --reference bnn_bench/references/digits_mlp.npz \
+    python scripts/vi_digits.py --seeds 0 1 2 3 4 --reference digits_mlp \
         -- vi.algorithm=score_prox -- vi.algorithm=advi vi.learning_rate=0.01
 
 Every group after a `--` is one set of Hydra overrides of the composed config (several groups
@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bnn_bench import build, metrics  # noqa: E402
+from bnn_bench import reference as ref_lib  # noqa: E402
 from bnn_bench.config import register_configs, validate  # noqa: E402
 from bnn_bench.evaluate import particle_outputs  # noqa: E402
 from bnn_bench.inference.vi import ALGORITHMS, family, loop  # noqa: E402
@@ -95,9 +96,9 @@ def main(argv: list[str]) -> None:
     argv, groups = options, groups or [[]]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--reference", type=Path, default=None)
+    parser.add_argument("--reference", default=None, help="a path or a shipped name")
     args = parser.parse_args(argv)
-    reference = np.load(args.reference)["probs"] if args.reference else None
+    reference = np.load(ref_lib.resolve(args.reference))["probs"] if args.reference else None
     register_configs()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         for overrides in groups:
